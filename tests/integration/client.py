@@ -6,6 +6,7 @@ A small blocking WebSocket client for integration tests, on the
 import json
 import time
 from contextlib import ExitStack
+from urllib.request import urlopen
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -74,3 +75,11 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def http_get(url: str) -> bytes:
+    """
+    The body of a plain HTTP GET.
+    """
+    with urlopen(url, timeout=5) as response:
+        return response.read()

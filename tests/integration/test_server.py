@@ -10,7 +10,7 @@ import time
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.integration.client import Client
+from tests.integration.client import Client, http_get
 from tests.integration.conftest import BIN, environment
 
 MTK = "0x00000000000000000000000000000000004d544b"
@@ -61,19 +61,12 @@ class TestHandshake:
             client.request("ping")
         with pytest.raises(InvalidStatus):
             Client(server.url, "rk_canary_canary_canary")
-        urllib_get(f"http://127.0.0.1:{server.port}/?api_key=rk_canary_in_web_log")
+        http_get(f"http://127.0.0.1:{server.port}/?api_key=rk_canary_in_web_log")
         time.sleep(0.3)
         log = server.output()
         assert key not in log
         assert "rk_canary" not in log
         assert log.count(server.demo_key()) == 2  # the announcement and its URL
-
-
-def urllib_get(url: str) -> bytes:
-    from urllib.request import urlopen
-
-    with urlopen(url, timeout=5) as response:
-        return response.read()
 
 
 class TestTraffic:
