@@ -7,7 +7,8 @@ import orjson
 import pytest
 
 from rustorium.hub import LocalHub, MessageIds, channel_key
-from rustorium.market import DAY, MarketService, MarketSimulator, RollingWindow, percent_change
+from rustorium.market import MarketService, MarketSimulator, percent_change
+from rustorium.rolling import DAY, RollingWindow
 from tests.helpers import MTK, demo_catalog
 
 
@@ -45,14 +46,17 @@ def test_rolling_window():
     still inside the window.
     """
     window = RollingWindow()
-    window.record(0.0, 100, 5)
-    window.record(30.0, 110, 5)
-    window.record(3600.0, 120, 7)
-    assert window.volume == 17
-    assert window.opening_price == 100
-    window.record(DAY + 61.0, 130, 1)
-    assert window.volume == 8
-    assert window.opening_price == 120
+    window.record(0.0, 5, 100)
+    window.record(30.0, 5, 110)
+    window.record(3600.0, 7, 120)
+    assert window.total == 17
+    assert window.opening_value == 100
+    window.record(DAY + 61.0, 1, 130)
+    assert window.total == 8
+    assert window.opening_value == 120
+    window.expire(2 * DAY + 3600.0)
+    assert window.total == 0
+    assert window.opening_value is None
 
 
 def test_service_publishes_market_and_token_updates(clock):
