@@ -6,6 +6,7 @@ broken messages, and real traffic from a session matches it.
 
 import ast
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,44 @@ def test_client_examples_are_accepted() -> None:
     for message in contract().of(CLIENT):
         for payload in message.examples:
             parse_request(parse_envelope(orjson.dumps(payload)))
+
+
+def _protocol_examples() -> list[Any]:
+    """
+    The JSON code blocks of docs/protocol.rst, decoded.
+    """
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.rst").read_text("utf-8")
+    blocks = re.findall(r"^( *)\.\. code-block:: json\n\n((?:\1    .*\n|\n)+)", text, re.M)
+    return [
+        pytest.param(
+            orjson.loads("\n".join(line[len(indent) + 4:] for line in body.splitlines())),
+            id=f"block-{index}",
+        )
+        for index, (indent, body) in enumerate(blocks)
+    ]
+
+
+@pytest.mark.parametrize("message", _protocol_examples())
+def test_protocol_examples_validate(message: dict) -> None:
+    """
+    Every JSON example in docs/protocol.rst is a valid client or server
+    message.
+    """
+    try:
+        validate_client_message(message)
+    except AssertionError as as_client:
+        try:
+            validate_server_message(message)
+        except AssertionError as as_server:
+            raise AssertionError(f"neither\n{as_client}\nnor\n{as_server}") from None
+
+
+def test_protocol_examples_found() -> None:
+    """
+    The protocol document's examples are found, of every kind.
+    """
+    types = {param.values[0]["type"] for param in _protocol_examples()}
+    assert _names(CLIENT) | _names(SERVER) <= types
 
 
 # The document against the code
