@@ -6,6 +6,7 @@ broken messages, and real traffic from a session matches it.
 
 import ast
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -526,6 +527,18 @@ CLIENT_SAMPLES = [
     pytest.param({"type": "get_balance", "data": {"address": ALICE}}, False,
                  id="balance-without-token"),
     pytest.param({"type": "ping"}, True, id="ping-without-data"),
+    pytest.param({"id": None, "type": "ping"}, True, id="null-id"),
+    pytest.param({"id": -(2**63), "type": "ping"}, True, id="smallest-integer-id"),
+    pytest.param({"id": 2**64 - 1, "type": "ping"}, True, id="largest-integer-id"),
+    pytest.param({"id": "x" * 128, "type": "ping"}, True, id="longest-id"),
+    pytest.param({"id": "x" * 129, "type": "ping"}, False, id="too-long-id"),
+    pytest.param({"id": 1.5, "type": "ping"}, False, id="float-id"),
+    pytest.param({"id": True, "type": "ping"}, False, id="boolean-id"),
+    pytest.param({"type": "subscribe", "data": []}, False, id="data-not-an-object"),
+    pytest.param({"type": "ping", "data": None}, False, id="null-data"),
+    pytest.param({"id": "1", "data": {}}, False, id="no-type"),
+    pytest.param({"id": 2**64, "type": "ping"}, False, id="huge-integer-id"),
+    pytest.param({"id": -(2**63) - 1, "type": "ping"}, False, id="tiny-integer-id"),
     pytest.param({"type": "ping", "data": {"x": 1}}, False, id="ping-with-field"),
     pytest.param({"type": "list_subscriptions", "data": {}, "extra": 1}, True,
                  id="extra-top-level-ignored"),
@@ -546,8 +559,9 @@ CLIENT_SAMPLES = [
 
 
 def _parser_accepts(message: dict) -> bool:
+    # json, not orjson, encodes integers beyond 64 bits, as a client may.
     try:
-        parse_request(parse_envelope(orjson.dumps(message)))
+        parse_request(parse_envelope(json.dumps(message).encode()))
     except RequestError:
         return False
     return True
@@ -564,24 +578,6 @@ def test_client_samples(message: dict, valid: bool) -> None:
     else:
         with pytest.raises(AssertionError):
             validate_client_message(message)
-
-
-@pytest.mark.parametrize(
-    "message",
-    [
-        pytest.param({"id": "1", "data": {}}, id="no-type"),
-        pytest.param({"type": "subscribe", "data": []}, id="data-not-an-object"),
-        pytest.param({"id": True, "type": "ping"}, id="boolean-id"),
-        pytest.param({"id": "x" * 129, "type": "ping"}, id="long-id"),
-        pytest.param({"id": 2**64, "type": "ping"}, id="huge-id"),
-    ],
-)
-def test_bad_client_envelopes(message: dict) -> None:
-    """
-    Messages the server answers with C{invalid_request} do not validate.
-    """
-    with pytest.raises(AssertionError):
-        validate_client_message(message)
 
 
 # Real traffic
