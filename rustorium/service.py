@@ -51,6 +51,27 @@ def with_backlog(endpoint: str, backlog: int) -> str:
     return endpoint
 
 
+_PORT = re.compile(r"(?:port=)?(\d+)\Z")
+
+
+def connect_url(endpoint: str) -> str:
+    """
+    The URL clients use for a listening endpoint string, for log lines:
+    C{tcp:8765:interface=127.0.0.1} gives C{ws://127.0.0.1:8765/v1}.
+    """
+    kind, _, rest = endpoint.partition(":")
+    port, host = "PORT", "HOST"
+    for part in re.split(r"(?<!\\):", rest):
+        if part.startswith("interface="):
+            value = part[len("interface="):].replace("\\", "")
+            if value not in ("0.0.0.0", "::", ""):
+                host = f"[{value}]" if ":" in value else value
+        elif _PORT.match(part):
+            port = _PORT.match(part).group(1)
+    scheme = "wss" if kind.lower() == "ssl" else "ws"
+    return f"{scheme}://{host}:{port}/v1"
+
+
 class _DatabaseService(Service):
     """
     Closes the database pool when the application stops.
@@ -122,10 +143,11 @@ class RustoriumService(MultiService):
         super().startService()
         self.server.ready = True
         if self.demo_key is not None:
+            url = connect_url(self.settings.listen[0]) if self.settings.listen else "URL"
             log.info(
                 "Created the demo API key (shown only now): {demo_key}\n"
-                "Connect with ws://HOST:PORT/v1?api_key={demo_key}",
-                demo_key=self.demo_key,
+                "\tConnect with {url}?api_key={demo_key}",
+                demo_key=self.demo_key, url=url,
             )
 
     def stopService(self) -> Any:
