@@ -11,27 +11,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-import attrs
 import orjson
 import pytest
 from jsonschema import Draft7Validator
-from twisted.internet.task import Clock
-from zope.interface import implementer
 
 import rustorium
-from rustorium.catalog import Catalog
 from rustorium.closecodes import CloseCode
-from rustorium.config import Settings
 from rustorium.errors import ErrorCode, RequestError
-from rustorium.genesis import demo_genesis
 from rustorium.heartbeat import HeartbeatService
-from rustorium.hub import LocalHub, MessageIds
 from rustorium.market import MarketService
 from rustorium.requests import CHANNELS, PARSERS, parse_envelope, parse_request
-from rustorium.server import Server
-from rustorium.session import IConnection, Session
-from rustorium.storage.chain import TokenRow
-from rustorium.storage.keys import ApiKey
 from tests.asyncapi import (
     CLIENT,
     DISCRIMINATORS,
@@ -42,10 +31,10 @@ from tests.asyncapi import (
     validate_client_message,
     validate_server_message,
 )
+from tests.helpers import ALICE, BOB, make_server, open_session, send
+from tests.helpers import MTK as MTK_TOKEN
 
-ALICE = "0xa11ce00000000000000000000000000000000001"
-BOB = "0xb0b0000000000000000000000000000000000002"
-MTK = "0x00000000000000000000000000000000004d544b"
+MTK = MTK_TOKEN.token_id
 TX = "0x" + "9c2f4e1a" * 8
 NOW = "2026-11-26T10:37:17.515506Z"
 
@@ -583,62 +572,23 @@ def test_client_samples(message: dict, valid: bool) -> None:
 # Real traffic
 
 
-@implementer(IConnection)
-@attrs.define
-class RecordingConnection:
-    """
-    Records everything a session sends, decoded.
-    """
-
-    peer: str = "tcp4:127.0.0.1:40000"
-    messages: list[dict] = attrs.Factory(list)
-    closed: tuple[int, str] | None = None
-
-    def send_payload(self, payload: bytes) -> None:
-        self.messages.append(orjson.loads(payload))
-
-    def deliver(self, update: Any) -> None:
-        self.messages.append(orjson.loads(update.payload))
-
-    def send_frame(self, frame: Any) -> None:
-        self.messages.append(orjson.loads(frame))
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-
-def _server(clock: Clock) -> Server:
-    catalog = Catalog(
-        [TokenRow(t.token_id, t.name, t.symbol, t.decimals, t.total_supply, t.price)
-         for t in demo_genesis().tokens]
-    )
-    hub = LocalHub(clock, MessageIds(1_000_001, 2_000_000, 1_000_000))
-    server = Server(Settings(heartbeat_interval=30.0), clock, hub, catalog, keys=None)
-    server.ready = True
-    return server
-
-
-def test_real_traffic() -> None:
+def test_real_traffic(clock) -> None:
     """
     Everything a session sends for a tour of the API (every channel, every
     request it serves, errors, the rate limit, a heartbeat) validates, and
-    every update of each kind is among it.
+    every kind of message it can send today is among it.
     """
-    clock = Clock()
-    clock.advance(1_790_000_000.25)
-    server = _server(clock)
+    server = make_server(clock)
     market = MarketService(server.catalog, server.hub, clock, 1.0, 1, lambda token_id: 0)
     market.tick()
-    connection = RecordingConnection()
-    session = Session(connection, ApiKey(1, "test", frozenset({ALICE}), NOW), server)
+    session, connection = open_session(server)
 
-    def send(*messages: Any) -> None:
+    def send_all(*messages: Any) -> None:
         for message in messages:
-            payload = message if isinstance(message, bytes) else orjson.dumps(message)
-            session.message_received(payload, False)
+            send(session, message)
         clock.advance(1.0)
 
-    send(
+    send_all(
         {"id": "r", "type": "reconnect",
          "data": {"last_message_id": "msg_12", "subscriptions": ["sub_123"]}},
         {"id": "1", "type": "subscribe", "data": {"channel": "token_updates", "token_id": "*"}},
@@ -646,8 +596,7 @@ def test_real_traffic() -> None:
          "data": {"channel": "market_data", "symbols": ["mtk/usd", "STK/USD"]}},
         {"id": "3", "type": "subscribe",
          "data": {"channel": "transaction_updates", "address": "0x" + ALICE[2:].upper()}},
-        {"id": "3", "type": "subscribe",
-         "data": {"channel": "token_updates", "token_id": MTK}},
+        {"id": "4", "type": "subscribe", "data": {"channel": "token_updates", "token_id": MTK}},
         {"type": "list_subscriptions"},
         {"id": "p", "type": "ping"},
         {"id": "s", "type": "server_info", "data": {}},
@@ -655,22 +604,22 @@ def test_real_traffic() -> None:
         {"type": "heartbeat_response", "data": {"timestamp": NOW}},
     )
     market.tick()
-    send(
+    (confirmation,) = [m for m in connection.messages if m["id"] == "1"]
+    send_all(
         {"id": "u", "type": "unsubscribe",
-         "data": {"subscription_id": connection.messages[1]["data"]["subscription_id"]}},
+         "data": {"subscription_id": confirmation["data"]["subscription_id"]}},
         b"not json",
         {"id": "e1", "type": "nope"},
         {"id": "e2", "type": "subscribe", "data": {"channel": "news"}},
         {"id": "e3", "type": "get_token_info", "data": {"token_id": "0x" + "1" * 40}},
         {"id": "e4", "type": "get_token_info", "data": {"token_id": "0x1"}},
         {"id": "e5", "type": "reconnect"},
-        {"id": "e6", "type": "execute_transaction",
-         "data": {"from": ALICE, "to": BOB, "amount": "1", "token_id": MTK}},
     )
-    send(*({"id": n, "type": "ping"} for n in range(12)))
+    send_all(*({"id": n, "type": "ping"} for n in range(12)))
     HeartbeatService(server, clock, lambda payload: payload).beat()
 
-    seen = [validate_server_message(message) for message in connection.messages]
+    messages = connection.messages + [orjson.loads(frame) for frame in connection.frames]
+    seen = [validate_server_message(message) for message in messages]
     assert connection.closed is None
     assert {
         "subscription_confirmation_subscribed",
@@ -685,6 +634,6 @@ def test_real_traffic() -> None:
         "heartbeat",
         "error",
     } <= set(seen)
-    codes = {m["data"]["code"] for m in connection.messages if m["type"] == "error"}
+    codes = {m["data"]["code"] for m in messages if m["type"] == "error"}
     assert {"invalid_request", "unknown_type", "invalid_channel", "invalid_params",
             "not_found", "rate_limit_exceeded"} <= codes
