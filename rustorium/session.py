@@ -293,9 +293,9 @@ class Session:
     def _send_current_state(self, subscription: Subscription) -> None:
         hub = self._server.hub
         for key in subscription.keys:
-            latest = hub.latest(key)
-            if latest is not None:
-                self.connection.deliver(latest)
+            snapshot = hub.snapshot(key)
+            if snapshot is not None:
+                self.connection.deliver(snapshot)
 
     def _unsubscribe(self, request_id: object, request: Unsubscribe) -> None:
         subscription = self._subscriptions.pop(request.subscription_id, None)
@@ -375,8 +375,8 @@ class Session:
         if self.state is not SessionState.FRESH:
             raise RequestError(
                 ErrorCode.INVALID_REQUEST,
-                "reconnect must come before any subscribe on a connection; "
-                "open a new connection to resume subscriptions",
+                "reconnect must be the first subscribe or reconnect on a connection, "
+                "and this one already has one; open a new connection to resume",
             )
         self.state = SessionState.ACTIVE
         self.reply(

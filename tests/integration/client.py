@@ -1,6 +1,7 @@
 """
 A small blocking WebSocket client for integration tests, on the
-``websockets`` library's sync client: a real client stack, not ours.
+``websockets`` library's sync client: a real client stack, not ours. Every
+message it receives is validated against ``docs/asyncapi.yaml``.
 """
 
 import json
@@ -10,6 +11,8 @@ from urllib.request import urlopen
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+
+from tests.asyncapi import validate_server_message
 
 
 class Client:
@@ -27,7 +30,11 @@ class Client:
         self.ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
 
     def receive(self, timeout: float = 5.0) -> dict:
+        """
+        The next message, checked against the AsyncAPI document.
+        """
         message = json.loads(self.ws.recv(timeout))
+        validate_server_message(message)
         self.received.append(message)
         return message
 

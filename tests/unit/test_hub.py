@@ -117,12 +117,24 @@ def test_failing_subscriber_is_isolated(clock, logged_errors):
     logged_errors.clear()
 
 
-def test_latest(clock):
+def test_snapshot(clock):
+    """
+    A snapshot is the last retained update's data under a fresh, higher
+    message id; unretained updates leave no snapshot.
+    """
     hub = make_hub(clock)
-    assert hub.latest("k") is None
+    assert hub.snapshot("k") is None
     hub.publish("c", "k", {"v": 1})
     second = hub.publish("c", "k", {"v": 2})
-    assert hub.latest("k") is second
+    clock.advance(5)
+    snapshot = hub.snapshot("k")
+    assert snapshot.number > second.number
+    first_data = orjson.loads(second.payload)["data"]
+    assert orjson.loads(snapshot.payload) == {
+        "id": f"msg_{snapshot.number}", "type": "update", "data": first_data
+    }
+    hub.publish("c", "events", {"v": 3}, retain=False)
+    assert hub.snapshot("events") is None
 
 
 class TestMessageIds:

@@ -68,6 +68,21 @@ class TestSubscribe:
         assert snapshot["data"]["token_id"] == MTK.token_id
         assert snapshot["data"]["channel"] == "token_updates"
 
+    def test_ids_increase_through_snapshots(self, server, session):
+        """
+        A snapshot sent after a later subscription carries a fresh id, so
+        the ids a connection receives always increase.
+        """
+        session, connection = session
+        publish_ticks(server)
+        subscribe(session, connection, channel="market_data", symbols=["MTK/USD"])
+        publish_ticks(server)
+        subscribe(session, connection, "2", channel="market_data", symbols=["STK/USD"])
+        publish_ticks(server)
+        numbers = [int(m["id"][4:]) for m in connection.take() if m["type"] == "update"]
+        assert len(numbers) == 5
+        assert numbers == sorted(numbers)
+
     def test_live_updates_follow(self, server, session):
         """
         Updates published after the subscription are delivered in order,
