@@ -25,10 +25,12 @@ from twisted.logger import Logger
 from .apikeys import KeyStore, RevocationService
 from .bootstrap import MESSAGE_ID_BLOCK, prepare_database, reserve_message_ids
 from .catalog import Catalog
+from .chain import ChainService
 from .closecodes import CloseCode
 from .config import Settings
 from .heartbeat import HeartbeatService
 from .hub import LocalHub, MessageIds
+from .ledger import DatabaseLedgerStore, Ledger
 from .market import MarketService
 from .server import Server
 from .storage import Database, engine_from_url
@@ -111,12 +113,19 @@ class RustoriumService(MultiService):
         )
         hub = LocalHub(reactor, ids, prepare_frame)
         catalog = Catalog(prepared.tokens)
-        self.server = server = Server(settings, reactor, hub, catalog, KeyStore(database))
+        ledger = Ledger(
+            catalog, DatabaseLedgerStore(database), hub, reactor, prepared.ledger,
+            commit_batch=settings.commit_batch,
+        )
+        self.server = server = Server(
+            settings, reactor, hub, catalog, KeyStore(database), ledger
+        )
 
         MarketService(
             catalog, hub, reactor, settings.tick_interval, settings.market_seed,
-            lambda token_id: server.token_volume(token_id),
+            ledger.volume_24h,
         ).setServiceParent(self)
+        ChainService(ledger, settings.block_interval, reactor).setServiceParent(self)
         HeartbeatService(server, reactor, prepare_frame).setServiceParent(self)
         RevocationService(
             settings.key_check_interval, server.keys, lambda: list(server.sessions), reactor

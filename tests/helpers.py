@@ -6,17 +6,19 @@ from typing import Any
 
 import attrs
 import orjson
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from rustorium.catalog import Catalog
 from rustorium.config import Settings
 from rustorium.genesis import demo_genesis
 from rustorium.hub import LocalHub, MessageIds, Update
+from rustorium.ledger import ILedgerStore, Ledger
 from rustorium.server import Server
 from rustorium.session import IConnection, Session
 from rustorium.storage.chain import TokenRow
 from rustorium.storage.keys import ApiKey
+from rustorium.storage.ledger import LedgerSnapshot, TransactionRow
 
 DEMO = demo_genesis()
 MTK = DEMO.tokens[0]
@@ -50,16 +52,89 @@ class FakeKeyStore:
         return succeed({k for k in key_ids if k in self.revoked})
 
 
-def make_server(clock: Any, prepare: Any = None, **settings: Any) -> Server:
+@implementer(ILedgerStore)
+class MemoryLedgerStore:
     """
-    A server on the demo catalog with an in-memory hub and key store.
+    A ledger store in memory. Writes complete at once, or, with C{hold},
+    wait until the test fires them (C{release}) or fails them (C{fail}).
+    """
+
+    def __init__(self) -> None:
+        self.transactions: dict[str, TransactionRow] = {}
+        self.blocks: list[tuple[int, float, list, dict]] = []
+        self.balances: dict[tuple[str, str], int] = {}
+        self.commits: list[list[TransactionRow]] = []
+        self.hold = False
+        self.held: list[tuple[Deferred, Any]] = []
+
+    def _write(self, apply) -> Deferred:
+        if not self.hold:
+            apply()
+            return succeed(None)
+        d: Deferred = Deferred()
+        self.held.append((d, apply))
+        return d
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for d, apply in held:
+            apply()
+            d.callback(None)
+
+    def fail(self) -> None:
+        held, self.held = self.held, []
+        for d, _ in held:
+            d.errback(OSError("disk I/O error"))
+
+    def insert(self, rows):
+        def apply():
+            self.commits.append([attrs.evolve(r) for r in rows])
+            for row in rows:
+                self.transactions[row.transaction_id] = attrs.evolve(row)
+
+        return self._write(apply)
+
+    def write_block(self, number, timestamp, outcomes, balances):
+        def apply():
+            self.blocks.append((number, timestamp, outcomes, dict(balances)))
+            self.balances.update(balances)
+            for transaction_id, status, reason in outcomes:
+                row = self.transactions[transaction_id]
+                row.status, row.reason = status, reason
+                row.block_number, row.confirmed_at = number, timestamp
+
+        return self._write(apply)
+
+    def find(self, transaction_id):
+        row = self.transactions.get(transaction_id)
+        return succeed(None if row is None else attrs.evolve(row))
+
+
+def genesis_snapshot() -> LedgerSnapshot:
+    """
+    The ledger state right after the demo genesis.
+    """
+    balances = {(a, t.token_id): amount for t in DEMO.tokens for a, amount in t.balances.items()}
+    return LedgerSnapshot(balances, [], [], [], 0, 0)
+
+
+def make_server(
+    clock: Any, prepare: Any = None, store: MemoryLedgerStore | None = None, **settings: Any
+) -> Server:
+    """
+    A server on the demo catalog with an in-memory hub, key store and
+    ledger store.
 
     @param prepare: the hub's framing function (by default the payload
         itself stands for the frame).
     """
     ids = MessageIds(1, 10**9, 10**6)
     hub = LocalHub(clock, ids) if prepare is None else LocalHub(clock, ids, prepare)
-    server = Server(Settings(**settings), clock, hub, demo_catalog(), FakeKeyStore())
+    catalog = demo_catalog()
+    config = Settings(**settings)
+    ledger = Ledger(catalog, store or MemoryLedgerStore(), hub, clock, genesis_snapshot(),
+                    commit_batch=config.commit_batch)
+    server = Server(config, clock, hub, catalog, FakeKeyStore(), ledger)
     server.ready = True
     return server
 
