@@ -23,6 +23,7 @@ from rustorium.storage.ledger import LedgerSnapshot, TransactionRow
 DEMO = demo_genesis()
 MTK = DEMO.tokens[0]
 STK = DEMO.tokens[1]
+RST = DEMO.tokens[2]
 ALICE = "0xa11ce00000000000000000000000000000000001"
 BOB = "0xb0b0000000000000000000000000000000000002"
 KEY = ApiKey(1, "test", frozenset({ALICE}), "2026-01-01T00:00:00.000000Z")
@@ -80,6 +81,13 @@ class MemoryLedgerStore:
         for d, apply in held:
             apply()
             d.callback(None)
+
+    def release_all(self) -> None:
+        """
+        Complete held writes, and those they lead to, until none is held.
+        """
+        while self.held:
+            self.release()
 
     def fail(self) -> None:
         held, self.held = self.held, []
