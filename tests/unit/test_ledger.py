@@ -123,6 +123,27 @@ class TestAccepted:
         assert int(transaction_id, 16) >= 0
         assert store.transactions[transaction_id].amount == 15 * 10**17
 
+    def test_response_before_pending_update(self, session, clock):
+        """
+        The client sees its transaction_response before the pending update,
+        and a block in the same turn still announces pending first.
+        """
+        session, connection = session
+        send(session, {"type": "subscribe",
+                       "data": {"channel": "transaction_updates", "address": ALICE}})
+        connection.take()
+        transfer(session)
+        assert [m["type"] for m in connection.take()] == ["transaction_response"]
+        clock.advance(0)
+        [update] = connection.take()
+        assert update["data"]["status"] == "pending"
+        transfer(session)
+        session._server.ledger.produce_block()
+        messages = connection.take()
+        assert messages[0]["type"] == "transaction_response"
+        statuses = [m["data"]["status"] for m in messages[1:]]
+        assert statuses == ["pending", "confirmed", "confirmed"]
+
     def test_not_answered_before_commit(self, session, store):
         """
         While the commit is in flight there is no answer; it comes when the
