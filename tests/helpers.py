@@ -136,10 +136,11 @@ def make_server(
     @param prepare: the hub's framing function (by default the payload
         itself stands for the frame).
     """
-    ids = MessageIds(1, 10**9, 10**6)
-    hub = LocalHub(clock, ids) if prepare is None else LocalHub(clock, ids, prepare)
-    catalog = demo_catalog()
     config = Settings(**settings)
+    ids = MessageIds(1, 10**9, 10**6)
+    hub = LocalHub(clock, ids, prepare or (lambda payload: payload),
+                   history_size=config.history_size, history_age=config.history_age)
+    catalog = demo_catalog()
     ledger = Ledger(catalog, store or MemoryLedgerStore(), hub, clock, genesis_snapshot(),
                     commit_batch=config.commit_batch)
     server = Server(config, clock, hub, catalog, FakeKeyStore(), ledger)
