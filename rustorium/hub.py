@@ -48,6 +48,9 @@ class Update:
     @ivar frame: the payload framed for the wire by the hub's C{prepare}
         function (an Autobahn prepared message in the server).
     @ivar published_at: the reactor time of publication.
+    @ivar conflatable: whether a newer update on the same key makes this one
+        redundant (prices and volumes), so that a slow reader may be sent
+        only the newest; transaction events are never conflated.
     """
 
     number: int
@@ -55,6 +58,7 @@ class Update:
     payload: bytes
     frame: Any
     published_at: float
+    conflatable: bool = True
 
 
 class IHub(Interface):
@@ -281,15 +285,15 @@ class LocalHub:
         self._fanout: dict[str, tuple[Deliver, ...]] = {}
         self._latest: dict[str, tuple[dict, float]] = {}
 
-    def _update(self, key: str, body: dict, published_at: float) -> Update:
+    def _update(self, key: str, body: dict, published_at: float, conflatable: bool) -> Update:
         number = self._ids.next()
         payload = orjson.dumps({"id": f"msg_{number}", "type": "update", "data": body})
-        return Update(number, key, payload, self._prepare(payload), published_at)
+        return Update(number, key, payload, self._prepare(payload), published_at, conflatable)
 
     def publish(self, channel: str, key: str, data: dict, retain: bool = True) -> Update:
         now = self._clock.seconds()
         body = {"channel": channel, **data, "timestamp": isoformat(now)}
-        update = self._update(key, body, now)
+        update = self._update(key, body, now, retain)
         if retain:
             self._latest[key] = (body, now)
         history = self._histories.get(key)
@@ -329,7 +333,7 @@ class LocalHub:
         latest = self._latest.get(key)
         if latest is None:
             return None
-        return self._update(key, *latest)
+        return self._update(key, *latest, True)
 
     def subscriber_count(self, key: str) -> int:
         return len(self._subscribers.get(key, ()))

@@ -32,6 +32,7 @@ from .heartbeat import HeartbeatService
 from .hub import LocalHub, MessageIds
 from .ledger import DatabaseLedgerStore, Ledger
 from .market import MarketService
+from .output import Flusher, listening_reactor
 from .server import Server
 from .storage import Database, engine_from_url
 from .subscriptions import ExpiryService
@@ -136,12 +137,14 @@ class RustoriumService(MultiService):
             settings.key_check_interval, server.keys, lambda: list(server.sessions), reactor
         ).setServiceParent(self)
 
-        factory = RustoriumServerFactory(server, reactor=reactor)
+        self._flusher = Flusher(reactor)
+        factory = RustoriumServerFactory(server, reactor=reactor, flusher=self._flusher)
         self.site = build_site(factory, settings.handshake_timeout)
+        listening = listening_reactor(reactor) if settings.write_through else reactor
         for description in settings.listen:
             # strports.service makes a failure to listen stop start-up.
             strports.service(
-                with_backlog(description, settings.backlog), self.site, reactor=reactor
+                with_backlog(description, settings.backlog), self.site, reactor=listening
             ).setServiceParent(self)
 
     def websocket_resource(self) -> WebSocketResource:
@@ -150,7 +153,9 @@ class RustoriumService(MultiService):
         site, at any path.
         """
         return WebSocketResource(
-            RustoriumServerFactory(self.server, path=None, reactor=self._reactor)
+            RustoriumServerFactory(
+                self.server, path=None, reactor=self._reactor, flusher=self._flusher
+            )
         )
 
     def startService(self) -> None:

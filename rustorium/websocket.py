@@ -1,9 +1,19 @@
 """
-The WebSocket layer: Autobahn protocol and factory, framing only.
+The WebSocket layer: Autobahn protocol and factory, framing and output only.
 
 The protocol authenticates the opening handshake (HTTP 401 before any
 session exists), then hands every message to its L{Session} and implements
 L{IConnection} for it. It knows WebSocket and nothing of the API.
+
+Output: everything the session sends is framed once (updates and heartbeats
+are framed once for all connections) and queued; the queue leaves in one
+write at the end of the reactor turn (L{rustorium.output.Flusher}). The
+protocol is the transport's streaming producer: when the transport's buffer
+passes its bound Twisted pauses it, and until it resumes, updates on prices
+and volumes are conflated to the newest per key while transaction updates
+and replies are kept, up to C{max-backlog} bytes; past that the connection
+is closed with 4101 (its subscriptions stay resumable). Memory per reader
+stays bounded however slowly it reads.
 """
 
 from typing import Any
@@ -19,6 +29,7 @@ from zope.interface import implementer
 from . import __version__
 from .closecodes import CloseCode
 from .hub import Update
+from .output import Flusher
 from .server import Server
 from .session import IConnection, Session
 from .storage.keys import ApiKey
@@ -26,12 +37,13 @@ from .storage.keys import ApiKey
 API_PATH = "/v1"
 
 
-def prepare_frame(payload: bytes) -> PreparedMessage:
+def prepare_frame(payload: bytes) -> bytes:
     """
-    Frame an encoded text message once for any number of connections.
-    (Compression is never negotiated, so the framed bytes serve everyone.)
+    Frame an encoded text message once for any number of connections: an
+    Autobahn prepared message's wire bytes. (Compression is never
+    negotiated, so the same bytes serve everyone.)
     """
-    return PreparedMessage(payload, False, False, True)
+    return PreparedMessage(payload, False, False, True).payloadHybi
 
 
 def _presented_key(request: Any) -> str | None:
@@ -58,6 +70,13 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     _log = Logger()
     session: Session | None = None
     _api_key: ApiKey | None = None
+    # Output: frames queued this reactor turn, and while the transport has
+    # paused us, what is held back (conflation key or sequence -> frame).
+    _out: list[bytes] | None = None
+    _paused = False
+    _backlog: dict[object, bytes] | None = None
+    _backlog_bytes = 0
+    _held_replies = 0
 
     def onConnect(self, request: Any) -> "Deferred[None] | None":
         try:
@@ -99,6 +118,9 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         try:
+            self._out = []
+            self._flusher = self.factory.flusher
+            self._take_over_backpressure()
             self.session = Session(self, self._api_key, self.factory.api_server)
             self._log.info("Connection opened: {peer} with key {key}",
                            peer=self.peer, key=self._api_key.name)
@@ -128,21 +150,109 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
 
     # IConnection
 
-    def send_payload(self, payload: bytes) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendMessage(payload)
-
     def deliver(self, update: Update) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendPreparedMessage(update.frame)
+        if self._paused:
+            self._hold(update.key if update.conflatable else update.number, update.frame)
+            return
+        out = self._out
+        if not out:
+            self._flusher.mark(self)
+        out.append(update.frame)
 
-    def send_frame(self, frame: PreparedMessage) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendPreparedMessage(frame)
+    def send_payload(self, payload: bytes) -> None:
+        self._queue(prepare_frame(payload), None)
+
+    def send_frame(self, frame: bytes) -> None:
+        self._queue(frame, "heartbeat")
 
     def close(self, code: int, reason: str) -> None:
         if self.state == self.STATE_OPEN:
+            self.flush()
             self.sendClose(code, reason)
+
+    def _queue(self, frame: bytes, conflation_key: object) -> None:
+        if self._paused:
+            if conflation_key is None:
+                self._held_replies += 1
+                conflation_key = ("reply", self._held_replies)
+            self._hold(conflation_key, frame)
+            return
+        out = self._out
+        if out is None:
+            return
+        if not out:
+            self._flusher.mark(self)
+        out.append(frame)
+
+    def flush(self) -> None:
+        """
+        Write what this turn queued, in one write (see L{Flusher}).
+        """
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self.state == self.STATE_OPEN:
+            self.transport.write(data)
+
+    # Backpressure: this protocol is its transport's streaming producer.
+
+    def _take_over_backpressure(self) -> None:
+        """
+        Become the transport's producer. A connection taken over from
+        twisted.web still has the HTTP channel registered, which would stop
+        reading from the client when its output backs up.
+        """
+        transport = self.transport
+        try:
+            transport.unregisterProducer()
+        except RuntimeError:
+            pass
+        transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._backlog is None:
+            self._backlog = {}
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        backlog, self._backlog = self._backlog, None
+        self._backlog_bytes = 0
+        if backlog:
+            if self.state == self.STATE_OPEN:
+                self.transport.write(b"".join(backlog.values()))
+
+    def stopProducing(self) -> None:
+        self._out = None
+        self._backlog = None
+
+    def _hold(self, key: object, frame: bytes) -> None:
+        backlog = self._backlog
+        if isinstance(key, str):
+            # Conflate: keep the newest value of this key, at the back so
+            # that what is sent stays in order of message id.
+            if backlog.pop(key, None) is not None:
+                self.factory.api_server.counters.conflated += 1
+            backlog[key] = frame
+            return
+        backlog[key] = frame
+        self._backlog_bytes += len(frame)
+        if self._backlog_bytes > self.factory.api_server.settings.max_backlog:
+            self._slow_consumer()
+
+    def _slow_consumer(self) -> None:
+        self._log.info("Closing {peer} (key {key}): it reads too slowly",
+                       peer=self.peer, key=self._api_key.name)
+        self.factory.api_server.counters.slow_consumers += 1
+        self._backlog = {}
+        self._backlog_bytes = 0
+        session = self.session
+        if session is not None:
+            # The close frame queues behind what the client has not read;
+            # Autobahn's close timeout drops the connection if it never does.
+            session.close(CloseCode.SLOW_CONSUMER, "reading too slowly; reconnect and resume")
 
 
 class RustoriumServerFactory(WebSocketServerFactory):
@@ -158,10 +268,21 @@ class RustoriumServerFactory(WebSocketServerFactory):
 
     protocol = RustoriumServerProtocol
 
-    def __init__(self, api_server: Server, path: str | None = API_PATH, reactor: Any = None):
+    def __init__(
+        self,
+        api_server: Server,
+        path: str | None = API_PATH,
+        reactor: Any = None,
+        flusher: Flusher | None = None,
+    ) -> None:
         super().__init__(server=f"Rustorium/{__version__}", reactor=reactor)
         self.api_server = api_server
         self.path = path
+        if flusher is None:
+            if reactor is None:
+                from twisted.internet import reactor
+            flusher = Flusher(reactor)
+        self.flusher = flusher
         settings = api_server.settings
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_message_size,
