@@ -1,8 +1,6 @@
 """
 The output path to the socket, where fan-out spends its time.
 
-Two mechanisms, each doing one job:
-
 - L{WriteThroughServer}: a TCP transport whose C{write} sends straight to
   the socket when nothing is buffered (one C{send} system call), and falls
   back to Twisted's buffered path whenever anything is (so order and
@@ -12,15 +10,14 @@ Two mechanisms, each doing one job:
   a delivery put together. L{WriteThroughPort} builds these transports, and
   L{listening_reactor} makes C{tcp:} and C{ssl:} endpoint strings listen on
   such ports (C{write-through = false} turns it off).
-- L{Flusher}: the frames queued for a connection during one reactor turn
-  leave in one write at the end of the turn. A tick that moves ten markets
-  costs each subscriber one system call, not ten.
+
+(Batches of updates are coalesced per connection by the hub, see
+L{rustorium.hub.IHub.publish_batch}, so one write carries a whole tick.)
 """
 
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IReactorTime
 
 
 class WriteThroughServer(tcp.Server):
@@ -36,12 +33,18 @@ class WriteThroughServer(tcp.Server):
             and self.connected
             and not self.disconnecting
             and not self._writeDisconnected
-            and data
         ):
-            sent = self.writeSomeData(data)
-            if isinstance(sent, int):
-                if sent == len(data):
-                    return
+            try:
+                sent = self.socket.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                # Buffer it: Twisted's doWrite meets the same error and
+                # loses the connection the usual way.
+                sent = 0
+            if sent == len(data):
+                return
+            if sent:
                 data = data[sent:]
         super().write(data)
 
@@ -91,38 +94,3 @@ def listening_reactor(reactor: Any) -> Any:
     endpoints listen with write-through transports.
     """
     return _ListeningReactor(reactor)
-
-
-class Flusher:
-    """
-    Flushes, once at the end of the reactor turn, every connection that
-    queued output during it. One timer call per turn, whatever the number
-    of connections.
-    """
-
-    __slots__ = ("_clock", "_dirty", "_scheduled")
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._dirty: list[Any] = []
-        self._scheduled = False
-
-    def mark(self, connection: Any) -> None:
-        """
-        C{connection.flush()} will be called at the end of this turn.
-        """
-        self._dirty.append(connection)
-        if not self._scheduled:
-            self._scheduled = True
-            self._clock.callLater(0, self.flush)
-
-    def flush(self) -> None:
-        """
-        Flush every marked connection now.
-        """
-        dirty, self._dirty = self._dirty, []
-        self._scheduled = False
-        for connection in dirty:
-            connection.flush()
-
-

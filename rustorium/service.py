@@ -32,7 +32,7 @@ from .heartbeat import HeartbeatService
 from .hub import LocalHub, MessageIds
 from .ledger import DatabaseLedgerStore, Ledger
 from .market import MarketService
-from .output import Flusher, listening_reactor
+from .output import listening_reactor
 from .server import Server
 from .storage import Database, engine_from_url
 from .subscriptions import ExpiryService
@@ -137,8 +137,7 @@ class RustoriumService(MultiService):
             settings.key_check_interval, server.keys, lambda: list(server.sessions), reactor
         ).setServiceParent(self)
 
-        self._flusher = Flusher(reactor)
-        factory = RustoriumServerFactory(server, reactor=reactor, flusher=self._flusher)
+        factory = RustoriumServerFactory(server, reactor=reactor)
         self.site = build_site(factory, settings.handshake_timeout)
         listening = listening_reactor(reactor) if settings.write_through else reactor
         for description in settings.listen:
@@ -153,9 +152,7 @@ class RustoriumService(MultiService):
         site, at any path.
         """
         return WebSocketResource(
-            RustoriumServerFactory(
-                self.server, path=None, reactor=self._reactor, flusher=self._flusher
-            )
+            RustoriumServerFactory(self.server, path=None, reactor=self._reactor)
         )
 
     def startService(self) -> None:

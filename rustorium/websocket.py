@@ -5,10 +5,11 @@ The protocol authenticates the opening handshake (HTTP 401 before any
 session exists), then hands every message to its L{Session} and implements
 L{IConnection} for it. It knows WebSocket and nothing of the API.
 
-Output: everything the session sends is framed once (updates and heartbeats
-are framed once for all connections) and queued; the queue leaves in one
-write at the end of the reactor turn (L{rustorium.output.Flusher}). The
-protocol is the transport's streaming producer: when the transport's buffer
+Output: updates and heartbeats are framed once for all connections, and
+written straight to the transport, which on the server's own ports writes
+through to the socket (L{rustorium.output}). A batch of updates (a market
+tick) is queued per connection and leaves in one write. The protocol is
+the transport's streaming producer: when the transport's buffer
 passes its bound Twisted pauses it, and until it resumes, updates on prices
 and volumes are conflated to the newest per key while transaction updates
 and replies are kept, up to C{max-backlog} bytes; past that the connection
@@ -28,13 +29,13 @@ from zope.interface import implementer
 
 from . import __version__
 from .closecodes import CloseCode
-from .hub import Update
-from .output import Flusher
+from .hub import ISink, Update
 from .server import Server
 from .session import IConnection, Session
 from .storage.keys import ApiKey
 
 API_PATH = "/v1"
+_OPEN = WebSocketServerProtocol.STATE_OPEN
 
 
 def prepare_frame(payload: bytes) -> bytes:
@@ -59,7 +60,7 @@ def _presented_key(request: Any) -> str | None:
     return values[0] if values else None
 
 
-@implementer(IConnection)
+@implementer(IConnection, ISink)
 class RustoriumServerProtocol(WebSocketServerProtocol):
     """
     One WebSocket connection.
@@ -70,9 +71,10 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     _log = Logger()
     session: Session | None = None
     _api_key: ApiKey | None = None
-    # Output: frames queued this reactor turn, and while the transport has
-    # paused us, what is held back (conflation key or sequence -> frame).
+    # Output: frames queued by a batch, and while the transport has paused
+    # us, what is held back (conflation key or sequence -> frame).
     _out: list[bytes] | None = None
+    _write: Any = None
     _paused = False
     _backlog: dict[object, bytes] | None = None
     _backlog_bytes = 0
@@ -119,7 +121,7 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         try:
             self._out = []
-            self._flusher = self.factory.flusher
+            self._write = self.transport.write
             self._take_over_backpressure()
             self.session = Session(self, self._api_key, self.factory.api_server)
             self._log.info("Connection opened: {peer} with key {key}",
@@ -148,53 +150,53 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         self._log.info("Connection closed: {peer} with key {key} (code {code})",
                        peer=self.peer, key=self._api_key.name, code=code)
 
-    # IConnection
+    # IConnection and the hub's sink. The hub unsubscribes a session that
+    # ends, but Autobahn may start closing (a close frame from the peer, a
+    # protocol error) before telling us: no data frame may follow a close
+    # frame, hence the state checks.
 
     def deliver(self, update: Update) -> None:
         if self._paused:
             self._hold(update.key if update.conflatable else update.number, update.frame)
-            return
-        out = self._out
-        if not out:
-            self._flusher.mark(self)
-        out.append(update.frame)
+        elif self.state == _OPEN:
+            self._write(update.frame)
 
-    def send_payload(self, payload: bytes) -> None:
-        self._queue(prepare_frame(payload), None)
-
-    def send_frame(self, frame: bytes) -> None:
-        self._queue(frame, "heartbeat")
-
-    def close(self, code: int, reason: str) -> None:
-        if self.state == self.STATE_OPEN:
-            self.flush()
-            self.sendClose(code, reason)
-
-    def _queue(self, frame: bytes, conflation_key: object) -> None:
+    def enqueue(self, update: Update) -> bool:
         if self._paused:
-            if conflation_key is None:
-                self._held_replies += 1
-                conflation_key = ("reply", self._held_replies)
-            self._hold(conflation_key, frame)
-            return
+            self._hold(update.key if update.conflatable else update.number, update.frame)
+            return False
         out = self._out
-        if out is None:
-            return
-        if not out:
-            self._flusher.mark(self)
-        out.append(frame)
+        out.append(update.frame)
+        return len(out) == 1
 
     def flush(self) -> None:
-        """
-        Write what this turn queued, in one write (see L{Flusher}).
-        """
         out = self._out
         if not out:
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
-        if self.state == self.STATE_OPEN:
-            self.transport.write(data)
+        if self.state == _OPEN:
+            self._write(data)
+
+    def send_payload(self, payload: bytes) -> None:
+        self._send(prepare_frame(payload), None)
+
+    def send_frame(self, frame: bytes) -> None:
+        self._send(frame, "heartbeat")
+
+    def close(self, code: int, reason: str) -> None:
+        if self.state == _OPEN:
+            self.flush()
+            self.sendClose(code, reason)
+
+    def _send(self, frame: bytes, conflation_key: object) -> None:
+        if self._paused:
+            if conflation_key is None:
+                self._held_replies += 1
+                conflation_key = ("reply", self._held_replies)
+            self._hold(conflation_key, frame)
+        elif self.state == _OPEN:
+            self._write(frame)
 
     # Backpressure: this protocol is its transport's streaming producer.
 
@@ -220,9 +222,8 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         self._paused = False
         backlog, self._backlog = self._backlog, None
         self._backlog_bytes = 0
-        if backlog:
-            if self.state == self.STATE_OPEN:
-                self.transport.write(b"".join(backlog.values()))
+        if backlog and self.state == _OPEN:
+            self._write(b"".join(backlog.values()))
 
     def stopProducing(self) -> None:
         self._out = None
@@ -269,20 +270,11 @@ class RustoriumServerFactory(WebSocketServerFactory):
     protocol = RustoriumServerProtocol
 
     def __init__(
-        self,
-        api_server: Server,
-        path: str | None = API_PATH,
-        reactor: Any = None,
-        flusher: Flusher | None = None,
+        self, api_server: Server, path: str | None = API_PATH, reactor: Any = None
     ) -> None:
         super().__init__(server=f"Rustorium/{__version__}", reactor=reactor)
         self.api_server = api_server
         self.path = path
-        if flusher is None:
-            if reactor is None:
-                from twisted.internet import reactor
-            flusher = Flusher(reactor)
-        self.flusher = flusher
         settings = api_server.settings
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_message_size,

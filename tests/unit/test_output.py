@@ -1,6 +1,6 @@
 """
 The output path: the write-through transport (order and backpressure kept),
-one write per connection per turn, and slow consumers (conflation, a
+one write per connection per batch, and slow consumers (conflation, a
 lossless bound, the 4101 close) driven by the producer signals.
 """
 
@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from rustorium.closecodes import CloseCode
 from rustorium.hub import channel_key
-from rustorium.output import Flusher, WriteThroughServer
+from rustorium.output import WriteThroughServer
 from tests.unit.test_websocket import Peer, server_frames
 
 MTK = channel_key("market_data", "MTK/USD")
@@ -148,25 +148,6 @@ class TestWriteThrough:
         assert sock.sends == 0
 
 
-def test_flusher_one_call_per_turn(clock):
-    flusher = Flusher(clock)
-    flushed = []
-
-    class Connection:
-        def __init__(self, name):
-            self.name = name
-
-        def flush(self):
-            flushed.append(self.name)
-
-    for name in "abc":
-        flusher.mark(Connection(name))
-    assert len(clock.getDelayedCalls()) == 1
-    clock.advance(0)
-    assert flushed == ["a", "b", "c"]
-    assert clock.getDelayedCalls() == []
-
-
 def subscribed_peer(clock, symbols=("MTK/USD", "STK/USD"), **settings):
     peer = Peer(clock, **settings)
     peer.open()
@@ -185,20 +166,35 @@ def publish(peer, key, price, conflatable=True):
 
 
 class TestCoalescing:
-    def test_one_write_per_turn(self, clock):
+    def test_one_write_per_batch(self, clock):
         """
-        Ten updates for one connection in one turn leave in one write, in
-        order.
+        Ten updates of a batch for one connection leave in one write, in
+        order; a single publish is written at once.
         """
         peer = subscribed_peer(clock)
         writes = []
-        original = peer.transport.write
-        peer.transport.write = lambda data: (writes.append(data), original(data))
-        numbers = [publish(peer, MTK if n % 2 else STK, n) for n in range(10)]
-        assert writes == []
-        received = peer.received()
+        original = peer.protocol._write
+        peer.protocol._write = lambda data: (writes.append(data), original(data))
+        batch = [("market_data", MTK if n % 2 else STK,
+                  {"symbol": "MTK/USD" if n % 2 else "STK/USD", "price": str(n)})
+                 for n in range(10)]
+        numbers = [u.number for u in peer.server.hub.publish_batch(batch)]
         assert len(writes) == 1
+        received = peer.received()
         assert [int(orjson.loads(p)["id"][4:]) for _, p in received] == numbers
+        publish(peer, MTK, 11)
+        assert len(writes) == 2
+
+    def test_batch_to_several_connections(self, clock):
+        """
+        In a batch, each connection gets only its keys, in one write.
+        """
+        one = subscribed_peer(clock, symbols=("MTK/USD",))
+        batch = [("market_data", MTK, {"symbol": "MTK/USD", "price": "1"}),
+                 ("market_data", STK, {"symbol": "STK/USD", "price": "2"})]
+        one.server.hub.publish_batch(batch)
+        prices = [orjson.loads(p)["data"]["price"] for _, p in one.received()]
+        assert prices == ["1"]
 
     def test_reply_and_updates_keep_their_order(self, clock):
         peer = subscribed_peer(clock)
