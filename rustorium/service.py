@@ -32,6 +32,7 @@ from .heartbeat import HeartbeatService
 from .hub import LocalHub, MessageIds
 from .ledger import DatabaseLedgerStore, Ledger
 from .market import MarketService
+from .metrics import HealthPage, MetricsPage, make_registry
 from .output import listening_reactor
 from .server import Server
 from .storage import Database, engine_from_url
@@ -74,6 +75,11 @@ def connect_url(endpoint: str) -> str:
             port = _PORT.match(part).group(1)
     scheme = "wss" if kind.lower() == "ssl" else "ws"
     return f"{scheme}://{host}:{port}/v1"
+
+
+def _ping_database(txn: Any) -> None:
+    txn.execute("SELECT 1")
+    txn.fetchall()
 
 
 class _DatabaseService(Service):
@@ -138,7 +144,13 @@ class RustoriumService(MultiService):
         ).setServiceParent(self)
 
         factory = RustoriumServerFactory(server, reactor=reactor)
-        self.site = build_site(factory, settings.handshake_timeout)
+        self.metrics = make_registry(server)
+        self.site = build_site(
+            factory,
+            settings.handshake_timeout,
+            HealthPage(server, lambda: database.run(_ping_database)),
+            MetricsPage(self.metrics),
+        )
         listening = listening_reactor(reactor) if settings.write_through else reactor
         for description in settings.listen:
             # strports.service makes a failure to listen stop start-up.
