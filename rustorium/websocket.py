@@ -80,6 +80,14 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     _backlog_bytes = 0
     _held_replies = 0
 
+    def connectionMade(self) -> None:
+        self.factory.open_connections.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.open_connections.discard(self)
+        super().connectionLost(reason)
+
     def onConnect(self, request: Any) -> "Deferred[None] | None":
         try:
             return self._check_handshake(request)
@@ -275,6 +283,7 @@ class RustoriumServerFactory(WebSocketServerFactory):
         super().__init__(server=f"Rustorium/{__version__}", reactor=reactor)
         self.api_server = api_server
         self.path = path
+        self.open_connections: set[RustoriumServerProtocol] = set()
         settings = api_server.settings
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_message_size,

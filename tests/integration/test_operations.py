@@ -86,3 +86,42 @@ def test_unknown_page(server):
         assert e.code == 404
     else:
         raise AssertionError("expected 404")
+
+
+def test_graceful_shutdown(start_server):
+    """
+    SIGTERM closes every connection with 4200, keeps every accepted
+    transaction, and exits within the bound; the restarted server confirms
+    what was pending.
+    """
+    server = start_server("--block-interval", "60")
+    key = server.demo_key()
+    clients = [Client(server.url, key) for _ in range(5)]
+    try:
+        ids = []
+        for n, client in enumerate(clients):
+            reply = client.request("execute_transaction", {
+                "from": "0xa11ce00000000000000000000000000000000001",
+                "to": "0x" + "c" * 40, "amount": str(n + 1),
+                "token_id": "0x00000000000000000000000000000000004d544b"})
+            ids.append(reply["data"]["transaction_id"])
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        codes = [client.wait_closed()[0] for client in clients]
+        assert codes == [4200] * 5
+        assert server.process.wait(15) in CLEAN_EXIT
+        assert time.monotonic() - started < 10
+    finally:
+        for client in clients:
+            client.close()
+    assert "Shutting down: closing 5 connections" in server.output()
+    again = start_server("--block-interval", "0.2", port=server.port)
+    with Client(again.url, key) as client:
+        for transaction_id in ids:
+            deadline = time.monotonic() + 5
+            while True:
+                status = client.request("get_transaction", {"transaction_id": transaction_id})
+                if status["data"]["status"] == "confirmed" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert status["data"]["status"] == "confirmed"
