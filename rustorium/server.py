@@ -111,3 +111,4 @@ class Server:
         self.version = __version__
         self.ready = False
         self.counters = Counters()
+        self.connections_per_key: Counter[int] = Counter()
