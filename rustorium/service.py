@@ -188,7 +188,7 @@ class RustoriumService(MultiService):
             log.info(
                 "Created the demo API key (shown only now): {demo_key}\n"
                 "\tConnect with {url}?api_key={demo_key}",
-                demo_key=self.demo_key, url=url,
+                demo_key=self.demo_key, url=url, show_secret=True,
             )
 
     def stopService(self) -> "Deferred[None]":

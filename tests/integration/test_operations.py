@@ -125,3 +125,19 @@ def test_graceful_shutdown(start_server):
                     break
                 time.sleep(0.1)
             assert status["data"]["status"] == "confirmed"
+
+
+def test_json_logs(start_server):
+    """
+    With the JSON observer every log line is a JSON event, and a presented
+    key never appears.
+    """
+    server = start_server(twistd_args=("--logger=rustorium.logs.json_observer",))
+    key = server.create_key("--name", "json")
+    with Client(server.url, key) as client:
+        client.request("ping")
+    time.sleep(0.3)
+    output = server.output()
+    events = [json.loads(line.strip("\x1e")) for line in output.splitlines() if line.strip()]
+    assert any(e.get("log_format", "").startswith("Connection opened") for e in events)
+    assert key not in output
