@@ -104,6 +104,7 @@ class RustoriumClientFactory(WebSocketClientFactory):
     """
 
     protocol = RustoriumClientProtocol
+    noisy = False
 
     def __init__(self, rustorium_client: Any, url: str, headers: dict[str, str],
                  reactor: Any = None) -> None:

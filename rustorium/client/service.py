@@ -169,15 +169,27 @@ class RustoriumClient(Service):
             L{ClientService.whenConnected}.
         """
         ready = self._session.when_ready()
-        if fail_after_failures is not None and not ready.called:
-            def failed(failure: Failure) -> None:
-                if not ready.called:
-                    ready.errback(failure)
+        if fail_after_failures is None or ready.called:
+            return ready
+        result: Deferred = Deferred()
 
-            self._connector.whenConnected(failAfterFailures=fail_after_failures).addErrback(
-                failed
-            )
-        return ready
+        def settle(outcome: object) -> None:
+            if result.called:
+                return
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+
+        ready.addBoth(settle)
+        def failed(failure: Failure) -> None:
+            # ClientService fails this from inside its state machine, which
+            # must not be reentered (by a stopService, say): settle later.
+            self._clock.callLater(0, settle, failure)
+
+        connected = self._connector.whenConnected(failAfterFailures=fail_after_failures)
+        connected.addCallbacks(lambda _: None, failed)
+        return result
 
     def when_stopped(self) -> Deferred:
         """
