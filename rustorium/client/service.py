@@ -129,12 +129,14 @@ class RustoriumClient(Service):
         self._closing: list[Deferred] = []
         self._stop_waiters: list[Deferred] = []
         self._gave_up: Exception | None = None
+        self._was_stopped = False
 
     # IService
 
     def startService(self) -> None:
         super().startService()
         self._gave_up = None
+        self._was_stopped = False
         self._attempt = 0
         self._session.start()
         self._connector.startService()
@@ -146,6 +148,7 @@ class RustoriumClient(Service):
         and every subscription ends.
         """
         super().stopService()
+        self._was_stopped = True
         self._session.stop()
         protocol = self._protocol
         if protocol is not None:
@@ -195,11 +198,12 @@ class RustoriumClient(Service):
         """
         A Deferred firing with C{None} when the client is stopped, or
         failing with L{HandshakeRefused} or L{ConnectionRejected} when it
-        gives up because the server will not have it.
+        gives up because the server will not have it (at once if it has
+        stopped or given up already).
         """
         if self._gave_up is not None:
             return fail(self._gave_up)
-        if not self.running:
+        if self._was_stopped:
             return succeed(None)
         d: Deferred = Deferred()
         self._stop_waiters.append(d)
