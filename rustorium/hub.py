@@ -13,18 +13,62 @@ can follow behind the same interface, so nothing may reach into
 L{LocalHub}'s attributes.
 """
 
-from collections.abc import Callable, Hashable
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import attrs
 import orjson
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from .timestamps import isoformat
 
 Deliver = Callable[["Update"], None]
+
+
+class ISink(Interface):
+    """
+    Where the hub sends a subscriber's updates: usually a connection.
+    """
+
+    def deliver(update: "Update") -> None:
+        """
+        Send an update now.
+        """
+
+    def enqueue(update: "Update") -> bool:
+        """
+        Queue an update to be sent by the next L{flush}, with the others of
+        the same batch; return C{True} if nothing was queued before it (so
+        the hub knows to flush this sink once the batch is done).
+        """
+
+    def flush() -> None:
+        """
+        Send what L{enqueue} queued, in one write.
+        """
+
+
+@implementer(ISink)
+class CallableSink:
+    """
+    A sink that hands each update to a function (tests and simple
+    subscribers).
+    """
+
+    __slots__ = ("deliver",)
+
+    def __init__(self, deliver: Deliver) -> None:
+        self.deliver = deliver
+
+    def enqueue(self, update: "Update") -> bool:
+        self.deliver(update)
+        return False
+
+    def flush(self) -> None:
+        pass
 
 
 def channel_key(channel: str, name: str) -> str:
@@ -47,6 +91,9 @@ class Update:
     @ivar frame: the payload framed for the wire by the hub's C{prepare}
         function (an Autobahn prepared message in the server).
     @ivar published_at: the reactor time of publication.
+    @ivar conflatable: whether a newer update on the same key makes this one
+        redundant (prices and volumes), so that a slow reader may be sent
+        only the newest; transaction events are never conflated.
     """
 
     number: int
@@ -54,6 +101,7 @@ class Update:
     payload: bytes
     frame: Any
     published_at: float
+    conflatable: bool = True
 
 
 class IHub(Interface):
@@ -70,10 +118,19 @@ class IHub(Interface):
             (prices and volumes are state; transaction events are not).
         """
 
-    def subscribe(key: str, subscriber: Hashable, deliver: Deliver) -> None:
+    def publish_batch(items: list[tuple[str, str, dict]]) -> list[Update]:
         """
-        Call C{deliver(update)} for every later update on C{key}, until
-        L{unsubscribe}. Subscribing the same subscriber again replaces it.
+        Publish several (channel, key, data) updates (retained) at once:
+        each subscriber gets everything of the batch meant for it in one
+        write. A market tick that moves ten markets costs a client
+        subscribed to all ten one system call, not ten.
+        """
+
+    def subscribe(key: str, subscriber: Hashable, sink: "ISink | Deliver") -> None:
+        """
+        Send every later update on C{key} to C{sink} (an L{ISink}, or a
+        function taking the update), until L{unsubscribe}. Subscribing the
+        same subscriber again replaces its sink.
         """
 
     def unsubscribe(key: str, subscriber: Hashable) -> None:
@@ -93,6 +150,31 @@ class IHub(Interface):
         """
         How many subscribers C{key} has.
         """
+
+    def watch(key: str) -> None:
+        """
+        Keep a replayable history of C{key} (bounded by count and age) while
+        at least one subscription, attached or waiting to be resumed, is
+        watching it.
+        """
+
+    def unwatch(key: str) -> None:
+        """
+        Undo one L{watch}; the history goes when nobody watches.
+        """
+
+    def replay(key: str, after: int) -> "Replay":
+        """
+        The retained updates of C{key} numbered above C{after}, as a lazy
+        sequence, and the range of numbers that may have been lost.
+        """
+
+    def expire_history() -> None:
+        """
+        Forget updates older than the history's age bound.
+        """
+
+    last_number = Attribute("The number of the last message id issued.")
 
 
 class MessageIds:
@@ -160,6 +242,64 @@ class MessageIds:
         d.addCallbacks(reserved, failed)
 
 
+class ReplayOvertaken(Exception):
+    """
+    Updates still to be replayed were evicted from the history before they
+    could be sent (more than the history's size arrived meanwhile).
+    """
+
+
+class _History:
+    """
+    One key's retained updates, oldest first, with absolute positions so
+    that a replay in progress survives evictions at the front.
+
+    @ivar first: the absolute position of C{entries[0]}.
+    @ivar evicted: the highest message number evicted so far (0 if none).
+    @ivar watchers: how many subscriptions watch the key.
+    """
+
+    __slots__ = ("entries", "evicted", "first", "watchers")
+
+    def __init__(self) -> None:
+        self.entries: deque[Update] = deque()
+        self.first = 0
+        self.evicted = 0
+        self.watchers = 0
+
+    def evict_one(self) -> None:
+        self.evicted = self.entries.popleft().number
+        self.first += 1
+
+
+@attrs.frozen
+class Replay:
+    """
+    The updates of one key to replay: positions C{start} to C{end} of its
+    history, read lazily.
+
+    @ivar lost: the (first, last) message numbers in which updates of this
+        key may have been lost, or C{None} if the history is complete.
+    """
+
+    history: _History | None
+    start: int
+    end: int
+    lost: tuple[int, int] | None
+
+    @property
+    def count(self) -> int:
+        return self.end - self.start
+
+    def __iter__(self) -> Iterator[Update]:
+        history = self.history
+        for position in range(self.start, self.end):
+            index = position - history.first
+            if index < 0:
+                raise ReplayOvertaken()
+            yield history.entries[index]
+
+
 @implementer(IHub)
 class LocalHub:
     """
@@ -177,51 +317,115 @@ class LocalHub:
         clock: Any,
         ids: MessageIds,
         prepare: Callable[[bytes], Any] = lambda payload: payload,
+        history_size: int = 1000,
+        history_age: float = 300.0,
     ) -> None:
         """
         @param clock: an C{IReactorTime}, for publication timestamps.
         @param prepare: frames an encoded payload for the wire, once per
             update.
+        @param history_size: the most updates retained per watched key.
+        @param history_age: seconds an update is retained for replay.
         """
         self._clock = clock
         self._ids = ids
         self._prepare = prepare
-        self._subscribers: dict[str, dict[Hashable, Deliver]] = {}
+        self._history_size = history_size
+        self._history_age = history_age
+        self._histories: dict[str, _History] = {}
+        self._subscribers: dict[str, dict[Hashable, ISink]] = {}
+        # Caches rebuilt after each (un)subscribe: the bound deliver methods
+        # for single publishes, the sinks for batches.
         self._fanout: dict[str, tuple[Deliver, ...]] = {}
+        self._sinks: dict[str, tuple[ISink, ...]] = {}
         self._latest: dict[str, tuple[dict, float]] = {}
 
-    def _update(self, key: str, body: dict, published_at: float) -> Update:
+    def _update(self, key: str, body: dict, published_at: float, conflatable: bool) -> Update:
         number = self._ids.next()
         payload = orjson.dumps({"id": f"msg_{number}", "type": "update", "data": body})
-        return Update(number, key, payload, self._prepare(payload), published_at)
+        return Update(number, key, payload, self._prepare(payload), published_at, conflatable)
+
+    def _record(self, channel: str, key: str, data: dict, retain: bool, now: float,
+                timestamp: str) -> Update:
+        body = {"channel": channel, **data, "timestamp": timestamp}
+        update = self._update(key, body, now, retain)
+        if retain:
+            self._latest[key] = (body, now)
+        history = self._histories.get(key)
+        if history is not None:
+            entries = history.entries
+            entries.append(update)
+            if len(entries) > self._history_size:
+                history.evict_one()
+            horizon = now - self._history_age
+            while entries[0].published_at < horizon:
+                history.evict_one()
+        return update
 
     def publish(self, channel: str, key: str, data: dict, retain: bool = True) -> Update:
         now = self._clock.seconds()
-        body = {"channel": channel, **data, "timestamp": isoformat(now)}
-        update = self._update(key, body, now)
-        if retain:
-            self._latest[key] = (body, now)
+        update = self._record(channel, key, data, retain, now, isoformat(now))
+        self._fan_out(update)
+        return update
+
+    def _fan_out(self, update: Update) -> None:
+        key = update.key
         fanout = self._fanout.get(key)
         if fanout is None:
             subscribers = self._subscribers.get(key)
             if not subscribers:
-                return update
-            fanout = self._fanout[key] = tuple(subscribers.values())
+                return
+            fanout = self._fanout[key] = tuple(sink.deliver for sink in subscribers.values())
         for deliver in fanout:
             try:
                 deliver(update)
             except Exception:
                 self.log.failure("Delivering {key} failed", key=key)
-        return update
 
-    def subscribe(self, key: str, subscriber: Hashable, deliver: Deliver) -> None:
-        self._subscribers.setdefault(key, {})[subscriber] = deliver
+    def publish_batch(self, items: list[tuple[str, str, dict]]) -> list[Update]:
+        now = self._clock.seconds()
+        timestamp = isoformat(now)
+        updates = [
+            self._record(channel, key, data, True, now, timestamp) for channel, key, data in items
+        ]
+        heard = [u for u in updates if u.key in self._subscribers]
+        if len(heard) == 1:
+            # Nobody can get two of this batch: deliver at once.
+            self._fan_out(heard[0])
+            return updates
+        touched: list[ISink] = []
+        for update in heard:
+            key = update.key
+            sinks = self._sinks.get(key)
+            if sinks is None:
+                sinks = self._sinks[key] = tuple(self._subscribers[key].values())
+            for sink in sinks:
+                try:
+                    if sink.enqueue(update):
+                        touched.append(sink)
+                except Exception:
+                    self.log.failure("Delivering {key} failed", key=key)
+        for sink in touched:
+            try:
+                sink.flush()
+            except Exception:
+                self.log.failure("Flushing a batch failed")
+        return updates
+
+    def subscribe(self, key: str, subscriber: Hashable, sink: ISink | Deliver) -> None:
+        if not hasattr(sink, "enqueue"):
+            sink = CallableSink(sink)
+        self._subscribers.setdefault(key, {})[subscriber] = sink
+        self._forget_caches(key)
+
+    def _forget_caches(self, key: str) -> None:
         self._fanout.pop(key, None)
+        self._sinks.pop(key, None)
 
     def unsubscribe(self, key: str, subscriber: Hashable) -> None:
         subscribers = self._subscribers.get(key)
         if subscribers is not None and subscribers.pop(subscriber, None) is not None:
-            self._fanout.pop(key, None)
+            self._forget_caches(key)
             if not subscribers:
                 del self._subscribers[key]
 
@@ -229,7 +433,46 @@ class LocalHub:
         latest = self._latest.get(key)
         if latest is None:
             return None
-        return self._update(key, *latest)
+        return self._update(key, *latest, True)
 
     def subscriber_count(self, key: str) -> int:
         return len(self._subscribers.get(key, ()))
+
+    @property
+    def last_number(self) -> int:
+        return self._ids.last
+
+    def watch(self, key: str) -> None:
+        history = self._histories.get(key)
+        if history is None:
+            history = self._histories[key] = _History()
+        history.watchers += 1
+
+    def unwatch(self, key: str) -> None:
+        history = self._histories.get(key)
+        if history is not None:
+            history.watchers -= 1
+            if history.watchers <= 0:
+                del self._histories[key]
+
+    def replay(self, key: str, after: int) -> Replay:
+        history = self._histories.get(key)
+        if history is None:
+            return Replay(None, 0, 0, None)
+        entries = history.entries
+        low, high = 0, len(entries)
+        while low < high:
+            middle = (low + high) // 2
+            if entries[middle].number <= after:
+                low = middle + 1
+            else:
+                high = middle
+        lost = (after + 1, history.evicted) if history.evicted > after else None
+        return Replay(history, history.first + low, history.first + len(entries), lost)
+
+    def expire_history(self) -> None:
+        horizon = self._clock.seconds() - self._history_age
+        for history in self._histories.values():
+            entries = history.entries
+            while entries and entries[0].published_at < horizon:
+                history.evict_one()

@@ -12,7 +12,7 @@ from zope.interface import implementer
 from rustorium.catalog import Catalog
 from rustorium.config import Settings
 from rustorium.genesis import demo_genesis
-from rustorium.hub import LocalHub, MessageIds, Update
+from rustorium.hub import ISink, LocalHub, MessageIds, Update
 from rustorium.ledger import ILedgerStore, Ledger
 from rustorium.server import Server
 from rustorium.session import IConnection, Session
@@ -136,10 +136,11 @@ def make_server(
     @param prepare: the hub's framing function (by default the payload
         itself stands for the frame).
     """
-    ids = MessageIds(1, 10**9, 10**6)
-    hub = LocalHub(clock, ids) if prepare is None else LocalHub(clock, ids, prepare)
-    catalog = demo_catalog()
     config = Settings(**settings)
+    ids = MessageIds(1, 10**9, 10**6)
+    hub = LocalHub(clock, ids, prepare or (lambda payload: payload),
+                   history_size=config.history_size, history_age=config.history_age)
+    catalog = demo_catalog()
     ledger = Ledger(catalog, store or MemoryLedgerStore(), hub, clock, genesis_snapshot(),
                     commit_batch=config.commit_batch)
     server = Server(config, clock, hub, catalog, FakeKeyStore(), ledger)
@@ -147,7 +148,7 @@ def make_server(
     return server
 
 
-@implementer(IConnection)
+@implementer(IConnection, ISink)
 @attrs.define
 class FakeConnection:
     """
@@ -167,6 +168,13 @@ class FakeConnection:
     def deliver(self, update: Update) -> None:
         self.updates.append(update)
         self.messages.append(orjson.loads(update.payload))
+
+    def enqueue(self, update: Update) -> bool:
+        self.deliver(update)
+        return False
+
+    def flush(self) -> None:
+        pass
 
     def send_frame(self, frame: Any) -> None:
         self.frames.append(frame)
