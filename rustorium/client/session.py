@@ -322,8 +322,12 @@ class ClientSession:
         ids = list(dict.fromkeys(s.id for s in self._subscriptions if s.id is not None))
         if ids:
             self.state = State.RESUMING
-            last = None if self.highest is None else f"msg_{self.highest}"
-            resume = self._internal("reconnect", {"last_message_id": last, "subscriptions": ids})
+            data: dict[str, Any] = {"subscriptions": ids}
+            if self.highest is not None:
+                # Left out when nothing was received: the server then
+                # replays everything since each subscription was made.
+                data["last_message_id"] = f"msg_{self.highest}"
+            resume = self._internal("reconnect", data)
             resume.addCallbacks(self._resumed, self._resume_refused,
                                 callbackArgs=(ids,), errbackArgs=(ids,))
         info = self._internal("server_info", None)

@@ -650,3 +650,16 @@ def test_lost_during_resubscription(clock):
                    "channel": "market_data", "symbols": ["MTK/USD"]})
     assert subscription.id == "sub_3"
     assert [g.reason for g in gaps] == ["expired"]
+
+
+def test_reconnect_before_any_update(clock):
+    """
+    With no update received yet, reconnect leaves last_message_id out, so
+    the server replays everything since the subscription was made.
+    """
+    driver = Driver(clock)
+    driver.open()
+    driver.subscribe()
+    driver.lose()
+    connection = driver.open()
+    assert connection.take()[0]["data"] == {"subscriptions": ["sub_1"]}
