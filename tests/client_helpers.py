@@ -19,6 +19,7 @@ from rustorium.client.session import IClientConnection
 from rustorium.heartbeat import HeartbeatService
 from rustorium.hub import channel_key
 from rustorium.websocket import RustoriumServerFactory, prepare_frame
+from tests.asyncapi import validate_client_message
 from tests.helpers import KEY, make_server
 
 API_KEY = "rk_client_tests"
@@ -64,6 +65,8 @@ class MemoryNetwork:
         listened.
     @ivar received: every message the server received, per connection in
         order, decoded.
+    @ivar validate: check every message the client sends against
+        ``docs/asyncapi.yaml``.
     """
 
     def __init__(self, clock: Any, heartbeats: bool = False, **settings: Any) -> None:
@@ -73,6 +76,7 @@ class MemoryNetwork:
         self.factory = RustoriumServerFactory(self.server, reactor=clock)
         self.attempts: list[float] = []
         self.refuse = False
+        self.validate = True
         self.pumps: list[iosim.IOPump] = []
         self.server_protocols: list[Any] = []
         self.received: list[list[dict]] = []
@@ -93,7 +97,10 @@ class MemoryNetwork:
         on_message = server.onMessage
 
         def recording(payload: bytes, is_binary: bool) -> None:
-            log.append(orjson.loads(payload))
+            message = orjson.loads(payload)
+            if self.validate:
+                validate_client_message(message)
+            log.append(message)
             on_message(payload, is_binary)
 
         server.onMessage = recording

@@ -74,8 +74,10 @@ def test_commands_and_updates(clock):
     d = client.get_token_info(MTK.token_id)
     network.flush()
     assert result_of(d)["symbol"] == "MTK"
+    network.validate = False  # a malformed id on purpose
     d = client.get_token_info("0x1")
     network.flush()
+    network.validate = True
     assert "token_id" in failure_of(d, InvalidParams).message
     updates: list[dict] = []
     d = client.subscribe("market_data", symbols=["mtk/usd"], on_update=updates.append)
@@ -208,9 +210,8 @@ def test_reconnect_resumes_or_renews(clock):
     """
     After a dropped connection the client reconnects after 1 s, sends
     reconnect first with the last message id and its subscription, and
-    its callback goes on receiving updates in order: those missed while
-    offline come as a replay or, when the server let the subscription
-    expire, as the current state after on_gap was told.
+    its callback goes on receiving updates in order, those missed while
+    offline replayed.
     """
     network = MemoryNetwork(clock)
     gaps: list = []
@@ -238,11 +239,11 @@ def test_reconnect_resumes_or_renews(clock):
     numbers = [int(u["id"][4:]) for u in updates]
     assert numbers == sorted(set(numbers))
     (confirmation,) = confirmations
-    if confirmation["recovered"]:
-        assert gaps == []
-        assert subscription.id == old_id
-    else:
-        assert [g.reason for g in gaps] in (["expired"], ["incomplete"])
+    assert confirmation["recovered"] is True
+    assert confirmation["replayed"] == 1
+    assert gaps == []
+    assert subscription.id == old_id
+    assert client._session.duplicates == 0
 
 
 def test_heartbeats_keep_a_quiet_connection(clock):
@@ -334,3 +335,40 @@ def test_stop_closes_cleanly(clock):
     assert network.sessions() == []
     network.advance(60)
     assert len(network.attempts) == 1
+
+
+def test_expired_subscription_renewed(clock):
+    """
+    Offline for longer than the server keeps subscriptions (5 minutes):
+    the client subscribes again with the same parameters, the same
+    Subscription object takes the new id, on_gap is told, and the current
+    state follows.
+    """
+    network = MemoryNetwork(clock)
+    client = started(network)
+    gaps: list = []
+    updates: list[dict] = []
+    d = client.subscribe("market_data", symbols=["MTK/USD"], on_update=updates.append,
+                         on_gap=lambda s, g: gaps.append((s, g)))
+    network.flush()
+    subscription = result_of(d)
+    old_id = subscription.id
+    network.publish_price(price="1")
+    network.flush()
+    network.refuse = True
+    drop(client, network)
+    network.publish_price(price="2")
+    network.advance(400, step=1)
+    # What the server's expiry timer does every second.
+    assert network.server.subscriptions.expire(clock.seconds()) == 1
+    network.refuse = False
+    network.advance(30, step=1)
+    result_of(client.when_ready())
+    ((gapped, gap),) = gaps
+    assert gapped is subscription
+    assert (gap.reason, gap.previous_id) == ("expired", old_id)
+    assert subscription.id not in (None, old_id)
+    assert [u["data"]["price"] for u in updates] == ["1", "2"]
+    network.publish_price(price="3")
+    network.flush()
+    assert [u["data"]["price"] for u in updates] == ["1", "2", "3"]
