@@ -372,3 +372,22 @@ def test_expired_subscription_renewed(clock):
     network.publish_price(price="3")
     network.flush()
     assert [u["data"]["price"] for u in updates] == ["1", "2", "3"]
+
+
+def test_too_many_connections_retried(clock):
+    """
+    HTTP 429 (the key has as many connections as it may) is retried with
+    backoff, and the client connects once a connection of the key ends.
+    """
+    network = MemoryNetwork(clock, max_connections_per_key=1)
+    first = started(network)
+    second = make_client(network)
+    second.startService()
+    network.advance(3.5)
+    # The first client's attempt, then the second's at 0 s, 1 s and 3 s.
+    assert waits(network) == [0, 1, 2]
+    ready = second.when_ready()
+    assert not ready.called
+    first.stopService()
+    network.advance(4)
+    assert result_of(ready) is None
