@@ -200,6 +200,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-backlog", _count, 1048576,
             "Bytes of transaction updates and replies held for a client that reads too "
             "slowly; past it the connection is closed (4101)."),
+    Setting("send-buffer", _whole, 0,
+            "Kernel send buffer per connection in bytes (SO_SNDBUF; 0: the system's)."),
     Setting("write-through", _boolean, True,
             "Send to the socket at once when nothing is buffered (faster fan-out)."),
     Setting("handshake-timeout", _positive_seconds, 10.0,
@@ -241,6 +243,7 @@ class Settings:
     flood_limit: int = 50
     max_message_size: int = 65536
     max_backlog: int = 1048576
+    send_buffer: int = 0
     write_through: bool = True
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0

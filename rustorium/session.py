@@ -259,8 +259,8 @@ class Session:
     def _rate_limited(self, request_id: object) -> None:
         if self._flood.exceeded():
             self.log.info(
-                "Closing {peer} (key {key}): kept sending past the rate limit",
-                peer=self.connection.peer, key=self.api_key.name,
+                "Closing {peer} (key {key_name}): kept sending past the rate limit",
+                peer=self.connection.peer, key_name=self.api_key.name,
             )
             self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded repeatedly")
             return

@@ -17,6 +17,7 @@ is closed with 4101 (its subscriptions stay resumable). Memory per reader
 stays bounded however slowly it reads.
 """
 
+import socket
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -80,6 +81,7 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     _backlog: dict[object, bytes] | None = None
     _backlog_bytes = 0
     _held_replies = 0
+    _opened_at = 0.0
 
     def connectionMade(self) -> None:
         self.factory.open_connections.add(self)
@@ -136,8 +138,10 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         limit = server.settings.max_connections_per_key
         counts = server.connections_per_key
         if limit and counts[api_key.key_id] >= limit:
-            self._log.info("Refused a handshake from {peer}: key {key} has {limit} connections",
-                           peer=self.peer, key=api_key.name, limit=limit)
+            self._log.info(
+                "Refused a handshake from {peer}: key {key_name} has {limit} connections",
+                peer=self.peer, key_name=api_key.name, limit=limit,
+            )
             raise ConnectionDeny(
                 429, f"this API key already has {limit} connections, the most allowed"
             )
@@ -153,9 +157,11 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self._out = []
             self._write = self.transport.write
             self._take_over_backpressure()
+            self._set_send_buffer()
             self.session = Session(self, self._api_key, self.factory.api_server)
-            self._log.info("Connection opened: {peer} with key {key}",
-                           peer=self.peer, key=self._api_key.name)
+            self._opened_at = self.factory.reactor.seconds()
+            self._log.info("Connection opened: {peer} with key {key_name}",
+                           peer=self.peer, key_name=self._api_key.name)
         except Exception:
             # onOpen runs in a Deferred chain with no errback: log here.
             self._log.failure("Opening a session failed")
@@ -177,8 +183,11 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             return
         self.session = None
         session.connection_lost()
-        self._log.info("Connection closed: {peer} with key {key} (code {code})",
-                       peer=self.peer, key=self._api_key.name, code=code)
+        self._log.info(
+            "Connection closed: {peer} with key {key_name} (code {code}, {seconds:.1f} s)",
+            peer=self.peer, key_name=self._api_key.name, code=code, reason=reason,
+            seconds=self.factory.reactor.seconds() - self._opened_at,
+        )
 
     # IConnection and the hub's sink. The hub unsubscribes a session that
     # ends, but Autobahn may start closing (a close frame from the peer, a
@@ -243,6 +252,14 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             pass
         transport.registerProducer(self, True)
 
+    def _set_send_buffer(self) -> None:
+        size = self.factory.api_server.settings.send_buffer
+        if not size:
+            return
+        handle = getattr(self.transport, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket):
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
     def pauseProducing(self) -> None:
         self._paused = True
         if self._backlog is None:
@@ -274,8 +291,8 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self._slow_consumer()
 
     def _slow_consumer(self) -> None:
-        self._log.info("Closing {peer} (key {key}): it reads too slowly",
-                       peer=self.peer, key=self._api_key.name)
+        self._log.info("Closing {peer} (key {key_name}): it reads too slowly",
+                       peer=self.peer, key_name=self._api_key.name)
         self.factory.api_server.counters.slow_consumers += 1
         self._backlog = {}
         self._backlog_bytes = 0
