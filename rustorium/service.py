@@ -22,6 +22,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
+from . import tls
 from .apikeys import KeyStore, RevocationService
 from .bootstrap import MESSAGE_ID_BLOCK, prepare_database, reserve_message_ids
 from .catalog import Catalog
@@ -72,7 +73,7 @@ def connect_url(endpoint: str) -> str:
                 host = f"[{value}]" if ":" in value else value
         elif _PORT.match(part):
             port = _PORT.match(part).group(1)
-    scheme = "wss" if kind.lower() == "ssl" else "ws"
+    scheme = "wss" if kind.lower() in ("ssl", "wss") else "ws"
     return f"{scheme}://{host}:{port}/v1"
 
 
@@ -140,10 +141,22 @@ class RustoriumService(MultiService):
         factory = RustoriumServerFactory(server, reactor=reactor)
         self.site = build_site(factory, settings.handshake_timeout)
         listening = listening_reactor(reactor) if settings.write_through else reactor
+        certificates = []
         for description in settings.listen:
+            found = tls.server_endpoint(listening, description, settings.backlog)
+            if found is not None:
+                endpoint, certificate = found
+                certificates.append(certificate)
+                tls.listening_service(endpoint, self.site).setServiceParent(self)
+                continue
             # strports.service makes a failure to listen stop start-up.
             strports.service(
                 with_backlog(description, settings.backlog), self.site, reactor=listening
+            ).setServiceParent(self)
+        if certificates:
+            tls.CertificateReloadService(
+                certificates, reactor, settings.tls_reload_interval,
+                sighup=settings.tls_reload_signal,
             ).setServiceParent(self)
 
     def websocket_resource(self) -> WebSocketResource:

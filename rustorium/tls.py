@@ -42,7 +42,7 @@ from typing import Any
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -267,7 +267,7 @@ class LoadedCertificate:
 
     @property
     def serial(self) -> str:
-        return f"{self.leaf.serial_number:x}"
+        return f"{self.leaf.serial_number:X}"
 
 
 _PRIVATE_KEY = re.compile(
@@ -343,9 +343,11 @@ def load(listen: TLSListen) -> LoadedCertificate:
             raise ValueError(f"ciphers={listen.ciphers} is not a cipher string: {e}") from None
     try:
         options = CertificateOptions(
-            privateKey=crypto.PKey.from_cryptography_key(key),
-            certificate=crypto.X509.from_cryptography(leaf),
-            extraCertChain=[crypto.X509.from_cryptography(c) for c in chain],
+            # pyOpenSSL (24.3 on) takes cryptography's objects, and
+            # deprecates its own.
+            privateKey=key,
+            certificate=leaf,
+            extraCertChain=chain,
             raiseMinimumTo=listen.minimum_version,
             acceptableCiphers=ciphers,
             dhParameters=dh_parameters,
@@ -359,6 +361,10 @@ def load(listen: TLSListen) -> LoadedCertificate:
     try:
         options.getContext()
     except SSL.Error as e:
+        if ciphers is not None and "no cipher match" in str(e):
+            raise ValueError(
+                f"ciphers={listen.ciphers} selects no cipher this OpenSSL supports"
+            ) from None
         where = f" (dhParameters file {listen.dh_parameters})" if dh_parameters else ""
         raise ValueError(f"OpenSSL refused the TLS settings{where}: {e}") from None
     return LoadedCertificate(options, leaf)

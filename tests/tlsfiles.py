@@ -31,13 +31,18 @@ class Authority:
     certificate: x509.Certificate
 
     @classmethod
-    def create(cls, common_name: str = "Rustorium Test CA") -> "Authority":
+    def create(
+        cls, common_name: str = "Rustorium Test CA", issuer: "Authority | None" = None
+    ) -> "Authority":
+        """
+        A root CA, or an intermediate one signed by C{issuer}.
+        """
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         certificate = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name))
-            .issuer_name(_name(common_name))
+            .issuer_name(issuer.certificate.subject if issuer else _name(common_name))
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - DAY)
@@ -51,7 +56,7 @@ class Authority:
                 ),
                 critical=True,
             )
-            .sign(key, hashes.SHA256())
+            .sign(issuer.key if issuer else key, hashes.SHA256())
         )
         return cls(key, certificate)
 
