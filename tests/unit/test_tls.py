@@ -697,3 +697,86 @@ def test_options_accept_a_good_description(tmp_path, files):
     ])
     assert options.settings.listen == (files.listen(8443, "minimumVersion=1.3"),)
     assert options.settings.tls_reload_interval == 2.0
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ed25519"])
+def test_other_key_types(tmp_path, authority, now_clock, kind):
+    """
+    RSA and Ed25519 keys serve as well as EC ones.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if kind == "rsa" else ed25519.Ed25519PrivateKey.generate()
+    )
+    files = authority.issue("localhost", key=key).write(tmp_path)
+    connection = Connection(
+        certificate_for(files.listen(1), now_clock), client_options(authority), now_clock
+    )
+    assert connection.client.handshake_done
+
+
+def test_ciphers_separated_by_commas(files, authority, now_clock):
+    """
+    A cipher string may separate its parts with commas, so that it needs
+    no escaping in an endpoint string.
+    """
+    certificate = certificate_for(
+        files.listen(1, "ciphers=ECDHE-ECDSA-CHACHA20-POLY1305,ECDHE-ECDSA-AES256-GCM-SHA384"),
+        now_clock,
+    )
+    connection = Connection(
+        certificate, client_options(authority, lowerMaximumSecurityTo=TLSVersion.TLSv1_2),
+        now_clock,
+    )
+    assert connection.tls.get_cipher_name() in (
+        "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-ECDSA-AES256-GCM-SHA384"
+    )
+
+
+def test_dh_parameters_file_is_checked(tmp_path, files):
+    """
+    A missing or bad dhParameters file is an error naming it.
+    """
+    missing = tmp_path / "dh.pem"
+    with pytest.raises(ValueError, match=f"cannot read dhParameters file {missing}"):
+        tls.load(tls.parse(files.listen(1, f"dhParameters={missing}")))
+    missing.write_text("not parameters")
+    with pytest.raises(ValueError, match=f"dhParameters file {missing}"):
+        tls.load(tls.parse(files.listen(1, f"dhParameters={missing}")))
+
+
+def test_warns_about_a_certificate_not_valid_now(files, events):
+    """
+    A certificate outside its validity period is served, with a warning.
+    """
+    long_ago = Clock()
+    certificate_for(files.listen(1), long_ago)
+    [warning] = [e for e in events if "is not valid now" in e.get("log_format", "")]
+    assert warning["path"] == str(files.certificate)
+
+
+def test_make_service_with_wss(tmp_path, files):
+    """
+    makeService serves a wss: listener and adds the reload service, with
+    the interval and signal settings.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from rustorium.service import connect_url, makeService
+
+    reactor = MemoryReactorClock()
+    reactor.advance(time.time())
+    description = files.listen(8443, "interface=127.0.0.1")
+    service = makeService(
+        {"listen": [description], "database": f"sqlite:{tmp_path / 'db.sqlite'}",
+         "tls-reload-interval": 3, "tls-reload-signal": False},
+        reactor,
+    )
+    reload = service.getServiceNamed("tls-reload")
+    assert isinstance(reload, tls.CertificateReloadService)
+    assert not reload._sighup
+    [timer] = list(reload)
+    assert timer.step == 3
+    assert connect_url(description) == "wss://127.0.0.1:8443/v1"
