@@ -85,6 +85,42 @@ def _boolean(value: object) -> bool:
     raise ValueError("must be true or false")
 
 
+def normalise_origin(origin: str) -> str:
+    """
+    An origin as compared with the allow-list: lower case, without the
+    scheme's default port (C{https://App.example.com:443} is
+    C{https://app.example.com}).
+    """
+    origin = origin.strip().lower()
+    for scheme, port in (("https://", ":443"), ("http://", ":80")):
+        if origin.startswith(scheme) and origin.endswith(port):
+            return origin[: -len(port)]
+    return origin
+
+
+
+def _origins(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(
+        (isinstance(v, str) and "://" in v) or v == "null" for v in value
+    ):
+        raise ValueError('must be a list of origins such as "https://app.example.com"')
+    return tuple(normalise_origin(v) for v in value)
+
+
+def _whole(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("must be a whole number")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+    if number < 0:
+        raise ValueError("must be zero or more")
+    return number
+
+
 def _endpoints(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -146,6 +182,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Updates retained per channel key for replay on reconnect."),
     Setting("history-age", _positive_seconds, 300.0,
             "Seconds an update is retained for replay on reconnect."),
+    Setting("allowed-origins", _origins, (),
+            "Origins browsers may connect from (exact match); empty allows any. "
+            "Clients that send no Origin (non-browsers) are always allowed."),
+    Setting("max-connections-per-key", _whole, 0,
+            "Open connections allowed per API key (0: no limit); more get HTTP 429."),
     Setting("max-subscriptions", _count, 100,
             "Active subscriptions allowed per connection."),
     Setting("rate-limit", _positive_seconds, 10.0,
@@ -196,6 +237,8 @@ class Settings:
     resume_window: float = 300.0
     history_size: int = 1000
     history_age: float = 300.0
+    allowed_origins: tuple[str, ...] = ()
+    max_connections_per_key: int = 0
     max_subscriptions: int = 100
     rate_limit: float = 10.0
     rate_burst: int = 10

@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from . import __version__
 from .closecodes import CloseCode
+from .config import normalise_origin
 from .hub import ISink, Update
 from .server import Server
 from .session import IConnection, Session
@@ -80,6 +81,19 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     _backlog_bytes = 0
     _held_replies = 0
 
+    def connectionMade(self) -> None:
+        self.factory.open_connections.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.open_connections.discard(self)
+        if self._api_key is not None:
+            counts = self.factory.api_server.connections_per_key
+            counts[self._api_key.key_id] -= 1
+            if counts[self._api_key.key_id] <= 0:
+                del counts[self._api_key.key_id]
+        super().connectionLost(reason)
+
     def onConnect(self, request: Any) -> "Deferred[None] | None":
         try:
             return self._check_handshake(request)
@@ -97,6 +111,12 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         path = self.factory.path
         if path is not None and request.path != path:
             raise ConnectionDeny(404, f"no WebSocket endpoint here; connect to {path}")
+        allowed = server.settings.allowed_origins
+        origin = request.headers.get("origin")
+        if allowed and origin is not None and normalise_origin(origin) not in allowed:
+            self._log.info("Refused a handshake from {peer}: origin {origin} not allowed",
+                           peer=self.peer, origin=origin[:200])
+            raise ConnectionDeny(403, "this origin is not allowed")
         key = _presented_key(request)
         if key is None:
             raise ConnectionDeny(
@@ -112,6 +132,16 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self._log.info("Refused a handshake from {peer}: unknown or revoked API key",
                            peer=self.peer)
             raise ConnectionDeny(401, "unknown or revoked API key")
+        server: Server = self.factory.api_server
+        limit = server.settings.max_connections_per_key
+        counts = server.connections_per_key
+        if limit and counts[api_key.key_id] >= limit:
+            self._log.info("Refused a handshake from {peer}: key {key} has {limit} connections",
+                           peer=self.peer, key=api_key.name, limit=limit)
+            raise ConnectionDeny(
+                429, f"this API key already has {limit} connections, the most allowed"
+            )
+        counts[api_key.key_id] += 1
         self._api_key = api_key
 
     def _authentication_failed(self, failure: Failure) -> None:
@@ -275,6 +305,7 @@ class RustoriumServerFactory(WebSocketServerFactory):
         super().__init__(server=f"Rustorium/{__version__}", reactor=reactor)
         self.api_server = api_server
         self.path = path
+        self.open_connections: set[RustoriumServerProtocol] = set()
         settings = api_server.settings
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_message_size,
@@ -286,4 +317,8 @@ class RustoriumServerFactory(WebSocketServerFactory):
             perMessageCompressionAccept=lambda offers: None,
             autoPingInterval=0,
             tcpNoDelay=True,
+            # Origins are checked against allowed-origins in onConnect (403);
+            # Autobahn's own check would refuse file:// pages with a 400
+            # even when any origin is allowed.
+            allowNullOrigin=True,
         )
