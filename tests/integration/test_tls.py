@@ -8,6 +8,7 @@ for C{localhost} that the tests make.
 import json
 import os
 import signal
+import subprocess
 
 import pytest
 import pytest_twisted
@@ -19,7 +20,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate, TLSVersion, optionsForClientTLS
 
 from tests.asyncapi import validate_server_message
-from tests.integration.conftest import free_port
+from tests.integration.conftest import BIN, environment, free_port
 from tests.tlsfiles import Authority
 
 pytestmark = pytest.mark.integration
@@ -317,3 +318,21 @@ def test_missing_certificate_is_a_usage_error(start_server, tmp_path):
     missing = tmp_path / "nowhere" / "cert.pem"
     with pytest.raises(AssertionError, match=f"cannot read certificate file {missing}"):
         start_server("--listen", f"wss:{free_port()}:certificate={missing}")
+
+
+def test_command_line_client_over_tls(start_server, files):
+    """
+    The project's own client (``rustorium call``) talks to a wss: listener,
+    trusting the test CA through OpenSSL's SSL_CERT_FILE, as docs/tls.rst
+    shows.
+    """
+    server, port = start_tls(start_server, files)
+    env = environment()
+    env["SSL_CERT_FILE"] = str(files.chain)
+    result = subprocess.run(
+        [str(BIN / "rustorium"), "call", "--url", f"wss://localhost:{port}/v1",
+         "--api-key", server.demo_key(), "ping"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["type"] == "pong"
