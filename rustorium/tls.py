@@ -577,7 +577,7 @@ class CertificateReloadService(MultiService):
         self._reactor = reactor
         self._sighup = sighup
         self._previous_handler: Any = None
-        self._installed = False
+        self._handler: Any = None
         timer = TimerService(interval, self._check)
         timer.clock = reactor
         timer.setServiceParent(self)
@@ -626,12 +626,13 @@ class CertificateReloadService(MultiService):
                 previous(signum, frame)
 
         self._previous_handler = previous
+        self._handler = on_sighup
         signal.signal(signal.SIGHUP, on_sighup)
-        self._installed = True
 
     def _uninstall_handler(self) -> None:
-        if self._installed:
-            self._installed = False
+        handler, self._handler = self._handler, None
+        # Put back what was there, unless someone replaced ours since.
+        if handler is not None and signal.getsignal(signal.SIGHUP) is handler:
             previous = self._previous_handler
             signal.signal(signal.SIGHUP, previous if previous is not None else signal.SIG_DFL)
 

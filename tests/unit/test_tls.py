@@ -38,6 +38,9 @@ def now_clock():
 
 @pytest.fixture
 def authority():
+    """
+    A test CA.
+    """
     return Authority.create()
 
 
@@ -259,6 +262,9 @@ def test_load_names_the_file_without_a_key(files):
 
 
 def test_load_names_a_file_without_certificate(files):
+    """
+    A certificate file without a certificate is an error naming it.
+    """
     with pytest.raises(ValueError, match=f"certificate file {files.key} holds no PEM certificate"):
         tls.load(tls.parse(f"wss:1:certificate={files.key}:privateKey={files.key}"))
 
@@ -277,6 +283,10 @@ def test_load_refuses_a_key_of_another_certificate(tmp_path, authority, files):
 
 
 def test_load_refuses_an_encrypted_key(tmp_path, files, authority):
+    """
+    An encrypted key cannot be used (there is nobody to type a password at
+    a reload); the error names the file.
+    """
     from cryptography.hazmat.primitives import serialization
 
     server = authority.issue("localhost")
@@ -290,6 +300,9 @@ def test_load_refuses_an_encrypted_key(tmp_path, files, authority):
 
 
 def test_load_names_an_empty_chain_file(tmp_path, files):
+    """
+    A chain file without certificates is an error naming it.
+    """
     empty = tmp_path / "chain.pem"
     empty.write_text("")
     with pytest.raises(ValueError, match=f"chain file {empty} holds no PEM certificate"):
@@ -359,6 +372,9 @@ def test_minimum_version_refuses_older_clients(files, authority, now_clock):
 
 
 def test_minimum_version_default_serves_tls_1_2(files, authority, now_clock):
+    """
+    By default a TLS 1.2 client is served.
+    """
     certificate = certificate_for(files.listen(1), now_clock)
     old = Connection(
         certificate, client_options(authority, lowerMaximumSecurityTo=TLSVersion.TLSv1_2),
@@ -687,6 +703,9 @@ def test_options_check_names_the_missing_file(tmp_path):
 
 
 def test_options_accept_a_good_description(tmp_path, files):
+    """
+    A good wss: description and the reload interval pass the option checks.
+    """
     from rustorium.tap import Options
 
     options = Options()
@@ -780,3 +799,27 @@ def test_make_service_with_wss(tmp_path, files):
     [timer] = list(reload)
     assert timer.step == 3
     assert connect_url(description) == "wss://127.0.0.1:8443/v1"
+
+
+def test_stopping_leaves_a_newer_sighup_handler(files):
+    """
+    Stopping does not remove a SIGHUP handler installed after the
+    service's own.
+    """
+    reactor = SignalReactor()
+    reactor.advance(time.time())
+    certificate = certificate_for(files.listen(1), reactor)
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        service = tls.CertificateReloadService([certificate], reactor, 10, sighup=True)
+        service.startService()
+        assert signal.getsignal(signal.SIGHUP) is not previous
+
+        def newer(signum, frame):
+            pass
+
+        signal.signal(signal.SIGHUP, newer)
+        service.stopService()
+        assert signal.getsignal(signal.SIGHUP) is newer
+    finally:
+        signal.signal(signal.SIGHUP, previous)
