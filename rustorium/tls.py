@@ -259,14 +259,24 @@ class LoadedCertificate:
 
     @property
     def subject(self) -> str:
+        """
+        The leaf's subject, as RFC 4514 text, for log lines.
+        """
         return self.leaf.subject.rfc4514_string()
 
     @property
     def not_after(self) -> str:
+        """
+        When the leaf expires, ISO 8601 UTC, for log lines.
+        """
         return self.leaf.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     @property
     def serial(self) -> str:
+        """
+        The leaf's serial number in hexadecimal, as C{openssl x509 -serial}
+        shows it.
+        """
         return f"{self.leaf.serial_number:X}"
 
 
@@ -515,6 +525,10 @@ class TLSServerEndpoint:
         self._interface = interface
 
     def listen(self, protocolFactory: Any) -> defer.Deferred:
+        """
+        Listen on TCP with C{protocolFactory} wrapped in TLS; the reactor is
+        the clock TLS schedules its buffered writes on.
+        """
         return defer.execute(
             self._reactor.listenTCP,
             self._port,
