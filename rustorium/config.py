@@ -212,6 +212,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Listen backlog for tcp: and ssl: endpoints that do not set backlog=."),
     Setting("key-check-interval", _positive_seconds, 5.0,
             "Seconds between checks for revoked API keys of open connections."),
+    Setting("tls-reload-interval", _positive_seconds, 10.0,
+            "Seconds between checks of wss: certificate files for a renewal."),
+    Setting("tls-reload-signal", _boolean, True,
+            "Reload wss: certificates on SIGHUP."),
 )
 
 SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
@@ -249,6 +253,8 @@ class Settings:
     close_timeout: float = 5.0
     backlog: int = 4096
     key_check_interval: float = 5.0
+    tls_reload_interval: float = 10.0
+    tls_reload_signal: bool = True
 
     @property
     def silence_timeout(self) -> float:

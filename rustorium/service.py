@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from . import tls
 from .apikeys import KeyStore, RevocationService
 from .bootstrap import MESSAGE_ID_BLOCK, prepare_database, reserve_message_ids
 from .catalog import Catalog
@@ -78,7 +79,7 @@ def connect_url(endpoint: str) -> str:
                 host = f"[{value}]" if ":" in value else value
         elif _PORT.match(part):
             port = _PORT.match(part).group(1)
-    scheme = "wss" if kind.lower() == "ssl" else "ws"
+    scheme = "wss" if kind.lower() in ("ssl", "wss") else "ws"
     return f"{scheme}://{host}:{port}/v1"
 
 
@@ -160,11 +161,23 @@ class RustoriumService(MultiService):
         # and stop before anything else (see stopService).
         self._listeners = MultiService()
         listening = listening_reactor(reactor) if settings.write_through else reactor
+        certificates = []
         for description in settings.listen:
+            found = tls.server_endpoint(listening, description, settings.backlog)
+            if found is not None:
+                endpoint, certificate = found
+                certificates.append(certificate)
+                tls.listening_service(endpoint, self.site).setServiceParent(self._listeners)
+                continue
             # strports.service makes a failure to listen stop start-up.
             strports.service(
                 with_backlog(description, settings.backlog), self.site, reactor=listening
             ).setServiceParent(self._listeners)
+        if certificates:
+            tls.CertificateReloadService(
+                certificates, reactor, settings.tls_reload_interval,
+                sighup=settings.tls_reload_signal,
+            ).setServiceParent(self)
 
     def websocket_resource(self) -> WebSocketResource:
         """
