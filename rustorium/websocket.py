@@ -120,9 +120,7 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         try:
-            self._out = []
-            self._write = self.transport.write
-            self._take_over_backpressure()
+            self._start_output()
             self.session = Session(self, self._api_key, self.factory.api_server)
             self._log.info("Connection opened: {peer} with key {key}",
                            peer=self.peer, key=self._api_key.name)
@@ -197,6 +195,15 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self._hold(conflation_key, frame)
         elif self.state == _OPEN:
             self._write(frame)
+
+    def _start_output(self) -> None:
+        """
+        Set up the output path of an open connection: batches, direct
+        writes and backpressure (also used by the conformance echo mode).
+        """
+        self._out = []
+        self._write = self.transport.write
+        self._take_over_backpressure()
 
     # Backpressure: this protocol is its transport's streaming producer.
 
