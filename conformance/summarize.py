@@ -8,7 +8,8 @@ index (``summary.json``) when asked; exits 1 if any case failed.
 A case passes when both its behavior and its close behavior are OK,
 NON-STRICT or INFORMATIONAL (the testsuite's own legend: non-strict and
 informational cases are conformant), or when it matches a documented
-exception in L{EXCEPTIONS}. ``docs/conformance.rst`` justifies each.
+exception (L{COMPRESSION}, and with ``--production-limits``
+L{PRODUCTION_LIMITS}). ``docs/conformance.rst`` justifies each.
 
 Usage: python conformance/summarize.py REPORT_DIR/index.json [--json OUT]
 """
@@ -20,37 +21,54 @@ import json
 import sys
 from pathlib import Path
 
+import attrs
+
 PASSING = frozenset({"OK", "NON-STRICT", "INFORMATIONAL"})
 
-EXCEPTIONS: dict[str, tuple[frozenset[str], str]] = {
-    # case pattern: (outcomes allowed besides PASSING, why)
-    "12.*": (
-        frozenset({"UNIMPLEMENTED"}),
-        "permessage-deflate is deliberately never negotiated (prepared frames "
-        "serve every connection; OWASP: no compression unless needed)",
-    ),
-    "13.*": (
-        frozenset({"UNIMPLEMENTED"}),
-        "permessage-deflate is deliberately never negotiated (as 12.*)",
-    ),
-}
+
+@attrs.frozen
+class Exception_:
+    """
+    A documented exception: cases matching C{patterns} may also have the
+    outcomes C{outcomes}, if C{close_code} is None or the server closed
+    with that code.
+    """
+
+    name: str
+    patterns: tuple[str, ...]
+    outcomes: frozenset[str]
+    why: str
+    close_code: int | None = None
+
+    def covers(self, case_id: str, case: dict) -> bool:
+        return any(fnmatch.fnmatchcase(case_id, p) for p in self.patterns) and (
+            self.close_code is None or case.get("remoteCloseCode") == self.close_code
+        )
+
+
+COMPRESSION = Exception_(
+    "compression",
+    ("12.*", "13.*"),
+    frozenset({"UNIMPLEMENTED"}),
+    "permessage-deflate is deliberately never negotiated (one prepared frame "
+    "serves every connection; OWASP: no compression unless needed)",
+)
+
+PRODUCTION_LIMITS = Exception_(
+    "limits",
+    ("9.*",),
+    frozenset({"FAILED"}),
+    "with --production-limits, messages over 64 KiB are refused by design: "
+    "the server closed with 1009",
+    close_code=1009,
+)
 
 
 def case_key(case_id: str) -> list[int]:
     return [int(part) for part in case_id.split(".")]
 
 
-def allowed(case_id: str) -> tuple[frozenset[str], str | None]:
-    """
-    The outcomes a case may have, and the exception that widened them.
-    """
-    for pattern, (extra, why) in EXCEPTIONS.items():
-        if fnmatch.fnmatchcase(case_id, pattern):
-            return PASSING | extra, why
-    return PASSING, None
-
-
-def summarize(index: dict) -> dict:
+def summarize(index: dict, exceptions: tuple[Exception_, ...] = (COMPRESSION,)) -> dict:
     """
     The summary of a testsuite index (one agent).
     """
@@ -63,14 +81,18 @@ def summarize(index: dict) -> dict:
     failed: list[str] = []
     excepted: dict[str, list[str]] = collections.defaultdict(list)
     for case_id in sorted(cases, key=case_key):
-        outcome = (cases[case_id]["behavior"], cases[case_id]["behaviorClose"])
-        if outcome != ("OK", "OK"):
-            non_ok["/".join(outcome)].append(case_id)
-        ok, why = allowed(case_id)
-        if not set(outcome) <= ok:
+        case = cases[case_id]
+        outcome = {case["behavior"], case["behaviorClose"]}
+        if outcome != {"OK"}:
+            non_ok[f"{case['behavior']}/{case['behaviorClose']}"].append(case_id)
+        if outcome <= PASSING:
+            continue
+        for exception in exceptions:
+            if exception.covers(case_id, case) and outcome <= PASSING | exception.outcomes:
+                excepted[exception.why].append(case_id)
+                break
+        else:
             failed.append(case_id)
-        elif not set(outcome) <= PASSING:
-            excepted[why].append(case_id)
     return {
         "agent": agent,
         "cases": len(cases),
@@ -112,11 +134,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Summarize an Autobahn|Testsuite report.")
     parser.add_argument("index", type=Path, help="the report's index.json")
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
+    parser.add_argument(
+        "--expect-cases", type=int,
+        help="fail unless the report has exactly this many cases",
+    )
+    parser.add_argument(
+        "--production-limits", action="store_true",
+        help="the server ran with the production 64 KiB limit: 9.* cases closed "
+        "with 1009 are expected",
+    )
     args = parser.parse_args(argv)
-    summary = summarize(json.loads(args.index.read_text()))
+    exceptions = (COMPRESSION, PRODUCTION_LIMITS) if args.production_limits else (COMPRESSION,)
+    summary = summarize(json.loads(args.index.read_text()), exceptions)
     print(report(summary))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    if args.expect_cases is not None and summary["cases"] != args.expect_cases:
+        print(f"expected {args.expect_cases} cases, the report has {summary['cases']}")
+        return 1
     return 1 if summary["failed"] else 0
 
 
