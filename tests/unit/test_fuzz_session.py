@@ -1,0 +1,732 @@
+"""
+Fuzzing the session layer: thousands of malformed and adversarial messages
+through L{Session.message_received}, the entry point of every client message.
+
+For each message the test works out on its own (L{expect}) whether the
+envelope is valid, and checks what the session sent back:
+
+- nothing escapes C{message_received} (the protocol would log it and close
+  the connection with 1011);
+- a message that is not a valid request gets exactly one C{error} reply
+  with a code from L{ErrorCode}, never C{internal_error}, echoing the id
+  when the id was valid (C{null} otherwise);
+- a valid envelope gets its request's reply, or exactly one such error;
+- nothing is logged at error level (C{logged_errors} would fail the test
+  at the end; each example checks too, so that Hypothesis shrinks to the
+  message that logged);
+- the session stays usable: a C{ping} afterwards gets its C{pong}.
+
+The rate limit is raised so that errors are about the message, not the
+rate. The number of messages tried is printed in pytest's terminal summary.
+C{RUSTORIUM_FUZZ_EXAMPLES} scales the run (default 1: about 6,000
+messages in some 15 s; e.g. 20 for a long run).
+"""
+
+import json
+import os
+
+import attrs
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+
+from rustorium.errors import ErrorCode
+from rustorium.requests import MAX_ID_LENGTH, PARSERS
+from rustorium.session import Session
+from tests.helpers import ALICE, BOB, DEMO, KEY, FakeConnection, make_server
+
+SCALE = float(os.environ.get("RUSTORIUM_FUZZ_EXAMPLES", "1"))
+
+COUNTS: dict[str, int] = {}
+"""Messages tried, by test."""
+
+ERROR_CODES = frozenset(str(code) for code in ErrorCode)
+
+SUCCESS = {
+    "subscribe": "subscription_confirmation",
+    "unsubscribe": "subscription_confirmation",
+    "execute_transaction": "transaction_response",
+    "get_token_info": "token_info",
+    "get_balance": "balance",
+    "get_transaction": "transaction",
+    "list_subscriptions": "subscriptions",
+    "ping": "pong",
+    "server_info": "server_info",
+    "reconnect": "reconnect_confirmation",
+}
+"""The reply each request type gets when it succeeds."""
+
+KNOWN_BUGS = {
+    "amount-digits": (ValueError, "Exceeds the limit (4300 digits)"),
+    "shorten-depth": (TypeError, "Recursion limit reached"),
+}
+"""
+Bugs this fuzzing found, not fixed yet (each has an xfail regression test
+at the end of this module): a message that hits one is answered
+C{internal_error} and a traceback is logged. They are tolerated, and
+counted, only in exactly that shape; remove an entry when its bug is fixed.
+"""
+
+KNOWN_HITS: dict[str, int] = {}
+
+REPLIES: dict[str, int] = {}
+"""What the first reply to each message was: a reply type, or error/CODE."""
+
+
+def fuzz_settings(examples: int) -> settings:
+    return settings(
+        max_examples=max(1, int(examples * SCALE)),
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                               HealthCheck.data_too_large],
+    )
+
+
+# ---------------------------------------------------------------------------
+# The oracle
+
+
+@attrs.frozen
+class Error:
+    """An error reply with this code and id is expected, and nothing else."""
+
+    code: ErrorCode
+    request_id: object
+
+
+@attrs.frozen
+class Valid:
+    """A valid envelope: its request's reply, or one error, is expected."""
+
+    kind: str
+    request_id: object
+
+
+@attrs.frozen
+class Silent:
+    """No reply is expected (C{heartbeat_response})."""
+
+
+def expect(payload: bytes, is_binary: bool) -> Error | Valid | Silent:
+    """
+    What the session must answer, from the protocol's rules for the
+    envelope (docs/protocol.rst), written independently of
+    L{rustorium.requests.parse_envelope}.
+    """
+    if is_binary:
+        return Error(ErrorCode.INVALID_REQUEST, None)
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return Error(ErrorCode.INVALID_REQUEST, None)
+    if not isinstance(message, dict):
+        return Error(ErrorCode.INVALID_REQUEST, None)
+    request_id = message.get("id")
+    valid_id = (
+        request_id is None
+        or type(request_id) is int
+        or (type(request_id) is str and len(request_id) <= MAX_ID_LENGTH)
+    )
+    if not valid_id:
+        return Error(ErrorCode.INVALID_REQUEST, None)
+    kind = message.get("type")
+    if type(kind) is not str:
+        return Error(ErrorCode.INVALID_REQUEST, request_id)
+    if kind not in PARSERS:
+        return Error(ErrorCode.UNKNOWN_TYPE, request_id)
+    if type(message.get("data", {})) is not dict:
+        return Error(ErrorCode.INVALID_REQUEST, request_id)
+    if kind == "heartbeat_response":
+        return Silent()
+    return Valid(kind, request_id)
+
+
+def check_error(message: dict, code: object, request_id: object) -> None:
+    assert message["type"] == "error", message
+    assert message["id"] == request_id, message
+    data = message["data"]
+    assert data["code"] in ERROR_CODES, message
+    assert data["code"] != ErrorCode.INTERNAL_ERROR, message
+    if code is not None:
+        assert data["code"] == code, message
+    assert isinstance(data["message"], str) and data["message"], message
+
+
+def check_replies(expected: Error | Valid | Silent, replies: list[dict]) -> None:
+    """
+    Check the replies to one message (updates, which may follow any
+    message on a subscribed session, are not among them).
+    """
+    if isinstance(expected, Silent):
+        assert replies == []
+    elif isinstance(expected, Error):
+        assert len(replies) == 1, replies
+        check_error(replies[0], expected.code, expected.request_id)
+    else:
+        assert len(replies) == 1, replies
+        (reply,) = replies
+        if reply["type"] == "error":
+            check_error(reply, None, expected.request_id)
+        else:
+            assert reply["type"] == SUCCESS[expected.kind], reply
+            assert reply["id"] == expected.request_id, reply
+
+
+def check_updates(updates: list[dict]) -> None:
+    for update in updates:
+        assert update["type"] != "error", update
+        assert str(update["id"]).startswith("msg_"), update
+
+
+@attrs.define
+class Recorder(FakeConnection):
+    """
+    A fake connection that keeps replies apart from updates.
+    """
+
+    replies: list[dict] = attrs.Factory(list)
+
+    def send_payload(self, payload: bytes) -> None:
+        super().send_payload(payload)
+        self.replies.append(orjson.loads(payload))
+
+    def take_replies(self) -> tuple[list[dict], list[dict]]:
+        replies, self.replies = self.replies, []
+        updates = [orjson.loads(u.payload) for u in self.updates]
+        self.updates.clear()
+        self.messages.clear()
+        return replies, updates
+
+
+# ---------------------------------------------------------------------------
+# Driving a session
+
+
+class Harness:
+    """
+    A server with the rate limit out of the way, and a fresh session per
+    example (a sequence of messages shares one).
+    """
+
+    def __init__(self, logged_errors: list, name: str) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.server = make_server(
+            self.clock, rate_limit=1e9, rate_burst=10**9, flood_limit=10**9
+        )
+        self.logged_errors = logged_errors
+        self.name = name
+        COUNTS.setdefault(name, 0)
+
+    def open(self) -> tuple[Session, Recorder]:
+        connection = Recorder()
+        return Session(connection, KEY, self.server), connection
+
+    def send(self, session, connection, payload: bytes, is_binary: bool = False) -> list[dict]:
+        """
+        Send one message, check the answer and return it.
+        """
+        COUNTS[self.name] += 1
+        before = len(self.logged_errors)
+        expected = expect(payload, is_binary)
+        session.message_received(payload, is_binary)
+        self.clock.advance(0)
+        self.clock.advance(0)
+        replies, updates = connection.take_replies()
+        assert connection.closed is None, connection.closed
+        check_updates(updates)
+        logged = self.logged_errors[before:]
+        if logged:
+            self.known_bug(logged, expected, replies)
+            del self.logged_errors[before:]
+            return replies
+        check_replies(expected, replies)
+        if replies:
+            first = replies[0]
+            what = first["type"]
+            if what == "error":
+                what = f"error/{first['data']['code']}"
+            REPLIES[what] = REPLIES.get(what, 0) + 1
+        return replies
+
+    def known_bug(self, logged: list[dict], expected: object, replies: list[dict]) -> None:
+        """
+        An error was logged: fail unless it is a known bug, answered as
+        that bug answers.
+        """
+        failures = [event.get("log_failure") for event in logged]
+        for name, (kind, text) in KNOWN_BUGS.items():
+            if all(f is not None and f.check(kind) and text in str(f.value) for f in failures):
+                assert isinstance(expected, Valid), (name, expected)
+                assert len(replies) == 1, replies
+                assert replies[0]["type"] == "error", replies
+                assert replies[0]["data"]["code"] == ErrorCode.INTERNAL_ERROR, replies
+                assert replies[0]["id"] == expected.request_id, replies
+                KNOWN_HITS[name] = KNOWN_HITS.get(name, 0) + 1
+                return
+        details = "\n".join(
+            f.getTraceback() if f is not None else str(event)
+            for f, event in zip(failures, logged, strict=True)
+        )
+        raise AssertionError(f"an error was logged:\n{details}")
+
+    def still_usable(self, session, connection) -> None:
+        session.message_received(b'{"id": "after", "type": "ping"}', False)
+        (pong,), _ = connection.take_replies()
+        assert pong["type"] == "pong" and pong["id"] == "after", pong
+
+    def one(self, payload: bytes, is_binary: bool = False) -> None:
+        session, connection = self.open()
+        try:
+            self.send(session, connection, payload, is_binary)
+            self.still_usable(session, connection)
+        finally:
+            session.connection_lost()
+
+
+@pytest.fixture
+def harness(request, logged_errors, record_property):
+    h = Harness(logged_errors, request.node.name)
+    yield h
+    record_property("fuzz_messages", COUNTS[h.name])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_counts(request):
+    """
+    Print the number of messages tried: in pytest's terminal summary, and
+    on stdout.
+    """
+
+    class Summary:
+        def pytest_terminal_summary(self, terminalreporter):
+            total = sum(COUNTS.values())
+            terminalreporter.write_sep("-", "session fuzzing")
+            for name, count in COUNTS.items():
+                if count:
+                    terminalreporter.write_line(f"{name}: {count} messages")
+            terminalreporter.write_line(
+                f"fuzz: {total} messages through Session.message_received"
+            )
+            terminalreporter.write_line(
+                "first replies: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(REPLIES.items(), key=lambda i: -i[1]))
+            )
+            for name, count in KNOWN_HITS.items():
+                terminalreporter.write_line(
+                    f"known bug {name} (see KNOWN_BUGS) hit by {count} messages"
+                )
+
+    plugin = Summary()
+    request.config.pluginmanager.register(plugin, "rustorium-fuzz-summary")
+    yield
+    print(f"\nfuzz: {sum(COUNTS.values())} messages through Session.message_received")
+
+
+# ---------------------------------------------------------------------------
+# Strategies
+
+HEX = "0123456789abcdefABCDEF"
+TOKEN_IDS = [t.token_id for t in DEMO.tokens]
+MARKETS = [f"{t.symbol}/USD" for t in DEMO.tokens]
+CHANNELS = ["token_updates", "transaction_updates", "market_data"]
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**63 - 2, max_value=2**64 + 2)
+    | st.integers(min_value=-(2**63) - 2, max_value=-(2**63) + 2)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=40)
+    | st.text(st.characters(codec="utf-8"), max_size=20)
+    # Lone surrogates: escaped by json, invalid UTF-8 when sent raw.
+    | st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3)
+)
+
+json_values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=25,
+)
+
+addresses = st.one_of(
+    st.sampled_from([ALICE, BOB, ALICE.upper().replace("0X", "0x"), *TOKEN_IDS]),
+    st.text(HEX, min_size=40, max_size=40).map(lambda h: "0x" + h),
+    st.text(HEX, min_size=38, max_size=42).map(lambda h: "0x" + h),
+    st.sampled_from(["0x", "*", "0x...", "", "0x" + "0" * 40 + "\n", "0x" + "\u0661" * 40]),
+    json_values,
+)
+
+transaction_ids = st.one_of(
+    st.text(HEX, min_size=64, max_size=64).map(lambda h: "0x" + h),
+    st.text(HEX, min_size=60, max_size=66).map(lambda h: "0x" + h),
+    json_values,
+)
+
+amounts = st.one_of(
+    st.decimals(min_value=0, max_value=10**6, places=3, allow_nan=False).map(str),
+    st.sampled_from(["0", "0.0", "1", "1.", ".5", "-1", "+1", "1e3", "NaN", "Infinity",
+                     "0x10", "1_000", " 1", "١٢", "1.0000000000000000001",
+                     "999999999999999999999999999999"]),
+    # Long digit strings (Python refuses int() of more than 4300 digits:
+    # known bug amount-digits).
+    st.integers(min_value=1, max_value=6000).map(lambda n: "9" * n),
+    st.text("0123456789.", max_size=30),
+    json_values,
+)
+
+symbols = st.one_of(
+    st.sampled_from(MARKETS),
+    st.sampled_from([m.lower() for m in MARKETS]),
+    st.text(max_size=40),
+)
+
+FIELDS = {
+    "channel": st.sampled_from(CHANNELS) | json_values,
+    "token_id": addresses,
+    "address": addresses,
+    "symbols": st.lists(symbols, max_size=120) | symbols | json_values,
+    "subscription_id": st.from_regex(r"sub_[0-9a-f]{1,32}", fullmatch=True) | json_values,
+    "from": addresses,
+    "to": addresses,
+    "amount": amounts,
+    "idempotency_key": st.text(min_size=0, max_size=300) | json_values,
+    "transaction_id": transaction_ids,
+    "last_message_id": st.from_regex(r"msg_[0-9]{0,30}", fullmatch=True) | json_values,
+    "subscriptions": st.lists(st.text(max_size=140), max_size=50) | json_values,
+    "timestamp": json_values,
+}
+
+TYPE_FIELDS = {
+    "subscribe": ["channel", "token_id", "address", "symbols"],
+    "unsubscribe": ["subscription_id"],
+    "execute_transaction": ["from", "to", "amount", "token_id", "idempotency_key"],
+    "get_token_info": ["token_id"],
+    "get_balance": ["address", "token_id"],
+    "get_transaction": ["transaction_id"],
+    "reconnect": ["last_message_id", "subscriptions"],
+    "heartbeat_response": ["timestamp"],
+}
+
+
+SUB_REF = "$sub"
+TX_REF = "$tx"
+"""Stand-ins, in a sequence of messages, for a subscription or transaction
+id the session sent back earlier (see L{test_one_session_many_messages})."""
+
+VALID_DATA = {
+    "subscribe": st.one_of(
+        st.fixed_dictionaries({"channel": st.just("token_updates"),
+                               "token_id": st.sampled_from([*TOKEN_IDS, "*", "0x..."])}),
+        st.fixed_dictionaries({"channel": st.just("transaction_updates"),
+                               "address": st.sampled_from([ALICE, BOB])}),
+        st.fixed_dictionaries({"channel": st.just("market_data"),
+                               "symbols": st.lists(st.sampled_from(MARKETS), min_size=1)}),
+    ),
+    "unsubscribe": st.fixed_dictionaries(
+        {"subscription_id": st.just(SUB_REF) | st.from_regex(r"sub_[0-9a-f]{8}", fullmatch=True)}
+    ),
+    "execute_transaction": st.fixed_dictionaries(
+        {"from": st.sampled_from([ALICE, ALICE, BOB]), "to": st.sampled_from([BOB, ALICE]),
+         "amount": st.decimals(min_value=0, max_value=1000, places=2, allow_nan=False).map(str),
+         "token_id": st.sampled_from(TOKEN_IDS)},
+        optional={"idempotency_key": st.sampled_from(["k1", "k2", "k3"])},
+    ),
+    "get_token_info": st.fixed_dictionaries({"token_id": st.sampled_from(TOKEN_IDS)}),
+    "get_balance": st.fixed_dictionaries(
+        {"address": st.sampled_from([ALICE, BOB]), "token_id": st.sampled_from(TOKEN_IDS)}
+    ),
+    "get_transaction": st.fixed_dictionaries(
+        {"transaction_id": st.just(TX_REF) | FIELDS["transaction_id"]}
+    ),
+    "reconnect": st.fixed_dictionaries(
+        {},
+        optional={"last_message_id": st.from_regex(r"msg_[0-9]{1,6}", fullmatch=True),
+                  "subscriptions": st.lists(st.just(SUB_REF) | st.text(max_size=10),
+                                            max_size=5)},
+    ),
+    "heartbeat_response": st.fixed_dictionaries({}, optional={"timestamp": json_values}),
+}
+
+
+@st.composite
+def data_for(draw, kind: str) -> dict:
+    """
+    A data object for a request type: a valid one, a valid one with one
+    field changed, removed or added, or any mix of its own fields with
+    values valid and not.
+    """
+    names = TYPE_FIELDS.get(kind, [])
+    how = draw(st.sampled_from(["valid", "mutated", "mixed"]))
+    if how == "mixed" or kind not in VALID_DATA:
+        chosen = draw(st.lists(st.sampled_from(names), unique=True)) if names else []
+        data = {name: draw(FIELDS[name]) for name in chosen}
+    else:
+        data = draw(VALID_DATA[kind])
+    if how == "mutated" or draw(st.integers(0, 9)) == 0:
+        change = draw(st.sampled_from(["set", "remove", "add"]))
+        if change == "remove" and data:
+            del data[draw(st.sampled_from(sorted(data)))]
+        elif change == "set" and data:
+            name = draw(st.sampled_from(sorted(data)))
+            data[name] = draw(FIELDS.get(name, json_values))
+        else:
+            name = draw(st.sampled_from(sorted(FIELDS)) | st.text(max_size=60))
+            data[name] = draw(FIELDS.get(name, json_values))
+    return data
+
+
+valid_ids = st.none() | st.integers() | st.text(max_size=MAX_ID_LENGTH)
+ids = st.one_of(
+    valid_ids,
+    st.text(min_size=MAX_ID_LENGTH + 1, max_size=MAX_ID_LENGTH + 50),
+    st.booleans(),
+    st.floats(),
+    st.integers(min_value=2**64, max_value=2**70),
+    json_values,
+)
+
+kinds = st.sampled_from(sorted(PARSERS)) | st.text(max_size=30) | json_values
+
+
+@st.composite
+def envelopes(draw) -> dict:
+    """
+    A message object: a type from the real parsers (or junk), a data object
+    fitting it (or not), an id (valid or not); any key may be missing.
+    """
+    message: dict = {}
+    if draw(st.integers(0, 9)):
+        message["id"] = draw(ids)
+    kind = draw(kinds) if draw(st.integers(0, 19)) else None
+    if kind is not None:
+        message["type"] = kind
+    if draw(st.integers(0, 9)):
+        if isinstance(kind, str) and draw(st.integers(0, 4)):
+            message["data"] = draw(data_for(kind))
+        else:
+            message["data"] = draw(json_values)
+    if draw(st.integers(0, 19)) == 0:
+        message[draw(st.text(max_size=20))] = draw(json_values)
+    return message
+
+
+def encode(value: object, how: str) -> bytes:
+    """
+    Encode a JSON value: strictly (orjson: NaN becomes null), with Python's
+    json (NaN and Infinity literals, exact big integers, escapes), or with
+    lone surrogates left in as invalid UTF-8.
+    """
+    if how == "orjson":
+        try:
+            return orjson.dumps(value)
+        except TypeError:  # an integer beyond 64 bits
+            how = "json"
+    if how == "json":
+        return json.dumps(value).encode()
+    return json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+encodings = st.sampled_from(["orjson", "json", "raw"])
+
+
+# ---------------------------------------------------------------------------
+# The tests
+
+
+@fuzz_settings(1500)
+@given(message=envelopes(), how=encodings)
+def test_envelopes(harness, message, how):
+    """
+    Structured messages: every field valid or not, in turn.
+    """
+    harness.one(encode(message, how))
+
+
+@fuzz_settings(1500)
+@given(kind=st.sampled_from(sorted(PARSERS)), request_id=valid_ids, data=st.data())
+def test_each_request_type(harness, kind, request_id, data):
+    """
+    Every request type with data built for it: valid ids, so every error
+    must echo the id.
+    """
+    message = {"id": request_id, "type": kind, "data": data.draw(data_for(kind))}
+    harness.one(encode(message, "orjson"))
+
+
+@fuzz_settings(800)
+@given(value=json_values, how=encodings)
+def test_any_json_value(harness, value, how):
+    harness.one(encode(value, how))
+
+
+@fuzz_settings(800)
+@given(payload=st.binary(max_size=300), is_binary=st.booleans())
+def test_raw_bytes(harness, payload, is_binary):
+    """
+    Arbitrary bytes, as a text message (so often invalid UTF-8 or not
+    JSON) and as a binary one.
+    """
+    harness.one(payload, is_binary)
+
+
+@fuzz_settings(300)
+@given(message=envelopes(), cut=st.integers(0, 200), junk=st.binary(max_size=4))
+def test_damaged_json(harness, message, cut, junk):
+    """
+    Valid JSON cut short or with bytes spliced in (invalid UTF-8 included).
+    """
+    payload = encode(message, "orjson")
+    cut = min(cut, len(payload))
+    harness.one(payload[:cut] + junk + payload[cut:] if junk else payload[:cut])
+
+
+@fuzz_settings(100)
+@given(
+    depth=st.integers(1, 3000),
+    opener=st.sampled_from([(b"[", b"]"), (b'{"a":', b"}")]),
+    where=st.sampled_from(["alone", "id", "type", "data", "field"]),
+)
+def test_deep_nesting(harness, depth, opener, where):
+    """
+    Deeply nested values (the JSON parser stops at 1024 levels), alone and
+    in each place of a message.
+    """
+    left, right = opener
+    nested = left * depth + b"1" + right * depth
+    if where == "alone":
+        payload = nested
+    elif where == "field":
+        payload = b'{"id": 1, "type": "subscribe", "data": {"channel": ' + nested + b"}}"
+    else:
+        payload = b'{"id": 1, "type": "ping", "' + where.encode() + b'": ' + nested + b"}"
+    harness.one(payload)
+
+
+@fuzz_settings(60)
+@given(
+    size=st.integers(1, 60_000),
+    field=st.sampled_from(["id", "type", "amount", "symbols", "subscriptions", "channel"]),
+)
+def test_huge_values(harness, size, field):
+    """
+    Values as large as a message may be (64 KiB): long strings and lists.
+    """
+    if field in ("id", "type"):
+        message = {"id": 1, "type": "ping", field: "x" * size}
+    elif field == "amount":
+        message = {"id": 1, "type": "execute_transaction",
+                   "data": {"from": ALICE, "to": BOB, "token_id": TOKEN_IDS[0],
+                            "amount": "1" + "0" * size}}
+    elif field == "symbols":
+        message = {"id": 1, "type": "subscribe",
+                   "data": {"channel": "market_data", "symbols": ["X"] * (size // 4)}}
+    elif field == "subscriptions":
+        message = {"id": 1, "type": "reconnect",
+                   "data": {"subscriptions": ["sub_1"] * (size // 8)}}
+    else:
+        message = {"id": 1, "type": "subscribe", "data": {"channel": "c" * size}}
+    harness.one(orjson.dumps(message))
+
+
+def resolve(value: object, seen: dict[str, list[str]]) -> object:
+    """
+    Replace the stand-ins L{SUB_REF} and L{TX_REF} by ids seen so far.
+    """
+    if value == SUB_REF and seen["sub"]:
+        return seen["sub"][-1]
+    if value == TX_REF and seen["tx"]:
+        return seen["tx"][-1]
+    if isinstance(value, dict):
+        return {k: resolve(v, seen) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, seen) for v in value]
+    return value
+
+
+request_messages = st.sampled_from(sorted(PARSERS)).flatmap(
+    lambda kind: st.fixed_dictionaries(
+        {"id": valid_ids, "type": st.just(kind), "data": data_for(kind)}
+    )
+)
+
+
+@fuzz_settings(100)
+@given(st.lists(st.tuples(request_messages | envelopes(), encodings), min_size=5, max_size=40))
+def test_one_session_many_messages(harness, sequence):
+    """
+    Sequences of messages on one session, mostly requests, referring to
+    subscriptions and transactions made earlier in the sequence: state
+    carried from message to message (subscriptions, a reconnect after
+    them, unsubscribing, transfers) never breaks it.
+    """
+    session, connection = harness.open()
+    seen: dict[str, list[str]] = {"sub": [], "tx": []}
+    try:
+        for message, how in sequence:
+            replies = harness.send(session, connection, encode(resolve(message, seen), how))
+            for reply in replies:
+                data = reply.get("data")
+                if isinstance(data, dict):
+                    if "subscription_id" in data:
+                        seen["sub"].append(data["subscription_id"])
+                    if "transaction_id" in data:
+                        seen["tx"].append(data["transaction_id"])
+        harness.still_usable(session, connection)
+    finally:
+        session.connection_lost()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: parse_units lets Python's ValueError for int() of more than "
+    "4300 digits escape; the request is answered internal_error and a traceback is "
+    "logged instead of invalid_params",
+)
+def test_amount_with_more_than_4300_digits(harness, logged_errors):
+    """
+    Regression test for a bug the fuzzing found: an amount of 4301 or more
+    digits must be refused with C{invalid_params}, not fail the request.
+    """
+    try:
+        session, connection = harness.open()
+        session.message_received(orjson.dumps({
+            "id": 7, "type": "execute_transaction",
+            "data": {"from": ALICE, "to": BOB, "token_id": TOKEN_IDS[0], "amount": "9" * 4301},
+        }), False)
+        (reply,), _ = connection.take_replies()
+        assert reply["data"]["code"] == ErrorCode.INVALID_PARAMS, reply
+    finally:
+        # The logged traceback is the bug's symptom; clear it so that the
+        # fixture does not fail the xfail test at teardown.
+        logged_errors.clear()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: requests._shorten calls orjson.dumps on the client's value for the "
+    "error message, which raises TypeError for values nested more than 255 deep (the "
+    "parser accepts 1024); the request is answered internal_error and a traceback is logged",
+)
+@pytest.mark.parametrize("field", ["channel", "token_id", "transaction_id", "last_message_id"])
+def test_error_message_for_deeply_nested_value(harness, logged_errors, field):
+    """
+    Regression test for a bug the fuzzing found: a field holding a value
+    nested 256 to 1024 levels deep must be refused with the field's usual
+    error, not fail the request.
+    """
+    kind = {"channel": "subscribe", "token_id": "get_token_info",
+            "transaction_id": "get_transaction", "last_message_id": "reconnect"}[field]
+    nested = "[" * 300 + "1" + "]" * 300
+    payload = f'{{"id": 7, "type": "{kind}", "data": {{"{field}": {nested}}}}}'.encode()
+    try:
+        session, connection = harness.open()
+        session.message_received(payload, False)
+        (reply,), _ = connection.take_replies()
+        assert reply["data"]["code"] != ErrorCode.INTERNAL_ERROR, reply
+    finally:
+        logged_errors.clear()
