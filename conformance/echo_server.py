@@ -29,6 +29,7 @@ finding: the production protocol logged a failure).
 
 import argparse
 import sys
+from collections import Counter
 from typing import Any
 
 import attrs
@@ -73,6 +74,7 @@ class EchoServer:
     settings: Settings
     ready: bool = True
     counters: Counters = attrs.Factory(Counters)
+    connections_per_key: Counter[int] = attrs.Factory(Counter)
 
 
 class EchoProtocol(RustoriumServerProtocol):
@@ -82,6 +84,8 @@ class EchoProtocol(RustoriumServerProtocol):
     """
 
     def onConnect(self, request: Any) -> None:
+        # As an authenticated handshake does (connectionLost counts down).
+        self.factory.api_server.connections_per_key[ECHO_KEY.key_id] += 1
         self._api_key = ECHO_KEY
 
     def onOpen(self) -> None:

@@ -13,8 +13,9 @@ can follow behind the same interface, so nothing may reach into
 L{LocalHub}'s attributes.
 """
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterator
+from time import perf_counter
 from typing import Any
 
 import attrs
@@ -339,6 +340,10 @@ class LocalHub:
         self._fanout: dict[str, tuple[Deliver, ...]] = {}
         self._sinks: dict[str, tuple[ISink, ...]] = {}
         self._latest: dict[str, tuple[dict, float]] = {}
+        self.deliveries: Counter[str] = Counter()
+        """Updates handed to subscribers, by channel (for metrics)."""
+        self.on_fan_out: Callable[[float], None] | None = None
+        """Called with the seconds each fan-out took (for metrics)."""
 
     def _update(self, key: str, body: dict, published_at: float, conflatable: bool) -> Update:
         number = self._ids.next()
@@ -376,11 +381,18 @@ class LocalHub:
             if not subscribers:
                 return
             fanout = self._fanout[key] = tuple(sink.deliver for sink in subscribers.values())
+        started = perf_counter()
         for deliver in fanout:
             try:
                 deliver(update)
             except Exception:
                 self.log.failure("Delivering {key} failed", key=key)
+        self._fanned_out(key, len(fanout), started)
+
+    def _fanned_out(self, key: str, count: int, started: float) -> None:
+        self.deliveries[key.partition(":")[0]] += count
+        if self.on_fan_out is not None:
+            self.on_fan_out(perf_counter() - started)
 
     def publish_batch(self, items: list[tuple[str, str, dict]]) -> list[Update]:
         now = self._clock.seconds()
@@ -393,6 +405,7 @@ class LocalHub:
             # Nobody can get two of this batch: deliver at once.
             self._fan_out(heard[0])
             return updates
+        started = perf_counter()
         touched: list[ISink] = []
         for update in heard:
             key = update.key
@@ -405,11 +418,14 @@ class LocalHub:
                         touched.append(sink)
                 except Exception:
                     self.log.failure("Delivering {key} failed", key=key)
+            self.deliveries[key.partition(":")[0]] += len(sinks)
         for sink in touched:
             try:
                 sink.flush()
             except Exception:
                 self.log.failure("Flushing a batch failed")
+        if heard and self.on_fan_out is not None:
+            self.on_fan_out(perf_counter() - started)
         return updates
 
     def subscribe(self, key: str, subscriber: Hashable, sink: ISink | Deliver) -> None:
