@@ -42,6 +42,7 @@ from twisted.logger import (
     formatEventAsClassicLogText,
     globalLogBeginner,
 )
+from twisted.web.resource import NoResource
 
 from rustorium.config import Settings
 from rustorium.output import listening_reactor
@@ -115,7 +116,11 @@ def listen(port: int, factory: RustoriumServerFactory, reactor: Any) -> Any:
     Listen on 127.0.0.1 the way the service does: the production site on
     a write-through port. Returns the listening port's Deferred.
     """
-    site = build_site(factory, factory.api_server.settings.handshake_timeout)
+    # The operators' pages (health, metrics) need the whole service: the
+    # echo mode leaves them out (404).
+    site = build_site(
+        factory, factory.api_server.settings.handshake_timeout, NoResource(), NoResource()
+    )
     endpoint = endpoints.serverFromString(
         listening_reactor(reactor), f"tcp:{port}:interface=127.0.0.1"
     )
