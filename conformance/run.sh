@@ -16,7 +16,8 @@
 #     Debian mirror, with the bullseye suite pinned low (priority 100) for
 #     this install only, then removed again (needs root);
 #   - a Python 2.7 virtualenv with autobahntestsuite under .cache/conformance
-#     (made by virtualenv 20.21.1, the last one that still makes 2.7 envs).
+#     (made by virtualenv 20.21.1, the last one that still makes 2.7 envs;
+#     versions pinned by conformance/constraints-py27.txt).
 # ($CONFORMANCE_CACHE moves that cache elsewhere.)
 # The echo server runs on $PYTHON (default: .venv/bin/python if present,
 # else python3), which must have the project's dependencies.
@@ -119,7 +120,7 @@ find_python27() {
 ensure_wstest() {
     local py27 want
     py27=$(find_python27)
-    want="$AUTOBAHNTESTSUITE $VIRTUALENV $py27"
+    want="$AUTOBAHNTESTSUITE $VIRTUALENV $py27 $(cksum < "$ROOT/conformance/constraints-py27.txt")"
     if [ -x "$CACHE/venv27/bin/wstest" ] && [ "$(cat "$CACHE/venv27/.installed" 2>/dev/null)" = "$want" ]; then
         return 0
     fi
@@ -130,7 +131,8 @@ ensure_wstest() {
         && "$CACHE/venvtool/bin/pip" install --quiet --disable-pip-version-check "$VIRTUALENV" \
         && "$CACHE/venvtool/bin/virtualenv" --quiet -p "$py27" "$CACHE/venv27" \
         && "$CACHE/venv27/bin/pip" install --quiet --disable-pip-version-check \
-            --no-python-version-warning "$AUTOBAHNTESTSUITE" \
+            --no-python-version-warning -c "$ROOT/conformance/constraints-py27.txt" \
+            "$AUTOBAHNTESTSUITE" \
         && "$CACHE/venv27/bin/wstest" -a
     } > "$CACHE/venv.log" 2>&1; then
         tail -n 30 "$CACHE/venv.log" >&2
