@@ -155,9 +155,8 @@ say "wstest ready: $("$CACHE/venv27/bin/wstest" -a 2>&1 | tr '\n' ' ')"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi
-if [ -z "$port" ]; then
-    port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-fi
+# Port 0 (the default): the server takes a free port and says which.
+port=${port:-0}
 out="$CACHE/reports/$mode"
 rm -rf "$out"
 mkdir -p "$out"
@@ -184,7 +183,7 @@ if ! grep -q '^listening on' "$out/server.out"; then
     cat "$out/server.out" "$out/server.err" >&2
     exit 1
 fi
-url="ws://127.0.0.1:$port/v1"
+url=$(sed -n 's/^listening on \(ws:[^ ]*\).*/\1/p' "$out/server.out" | head -n 1)
 say "echo server: $(head -n 1 "$out/server.out")"
 
 # --- wstest ---------------------------------------------------------------------
