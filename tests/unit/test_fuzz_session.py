@@ -128,7 +128,7 @@ amounts = st.one_of(
                      "0x10", "1_000", " 1", "١٢", "1.0000000000000000001",
                      "999999999999999999999999999999"]),
     # Long digit strings (Python refuses int() of more than 4300 digits:
-    # known bug amount-digits).
+    # see test_amount_with_more_than_4300_digits).
     st.integers(min_value=1, max_value=6000).map(lambda n: "9" * n),
     st.text("0123456789.", max_size=30),
     json_values,
@@ -436,52 +436,40 @@ def test_one_session_many_messages(harness, sequence):
         session.connection_lost()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: parse_units lets Python's ValueError for int() of more than "
-    "4300 digits escape; the request is answered internal_error and a traceback is "
-    "logged instead of invalid_params",
-)
-def test_amount_with_more_than_4300_digits(harness, logged_errors):
+def test_amount_with_more_than_4300_digits(harness):
     """
-    Regression test for a bug the fuzzing found: an amount of 4301 or more
-    digits must be refused with C{invalid_params}, not fail the request.
+    Regression test for a bug this fuzzing found: an amount of 4301 or more
+    digits (Python's int() refuses it) is refused with C{invalid_params}; it
+    was answered C{internal_error}, with a logged traceback.
     """
-    try:
-        session, connection = harness.open()
-        session.message_received(orjson.dumps({
-            "id": 7, "type": "execute_transaction",
-            "data": {"from": ALICE, "to": BOB, "token_id": TOKEN_IDS[0], "amount": "9" * 4301},
-        }), False)
-        (reply,), _ = connection.take_replies()
-        assert reply["data"]["code"] == ErrorCode.INVALID_PARAMS, reply
-    finally:
-        # The logged traceback is the bug's symptom; clear it so that the
-        # fixture does not fail the xfail test at teardown.
-        logged_errors.clear()
+    session, connection = harness.open()
+    session.message_received(orjson.dumps({
+        "id": 7, "type": "execute_transaction",
+        "data": {"from": ALICE, "to": BOB, "token_id": TOKEN_IDS[0], "amount": "9" * 4301},
+    }), False)
+    (reply,), _ = connection.take_replies()
+    assert reply["id"] == 7
+    assert reply["data"]["code"] == ErrorCode.INVALID_PARAMS, reply
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: requests._shorten calls orjson.dumps on the client's value for the "
-    "error message, which raises TypeError for values nested more than 255 deep (the "
-    "parser accepts 1024); the request is answered internal_error and a traceback is logged",
-)
 @pytest.mark.parametrize("field", ["channel", "token_id", "transaction_id", "last_message_id"])
-def test_error_message_for_deeply_nested_value(harness, logged_errors, field):
+def test_error_message_for_deeply_nested_value(harness, field):
     """
-    Regression test for a bug the fuzzing found: a field holding a value
-    nested 256 to 1024 levels deep must be refused with the field's usual
-    error, not fail the request.
+    Regression test for a bug this fuzzing found: a field holding a value
+    nested 256 to 1024 levels deep gets the field's usual error; quoting it
+    in the message failed the request (C{internal_error}, a logged
+    traceback).
     """
-    kind = {"channel": "subscribe", "token_id": "get_token_info",
-            "transaction_id": "get_transaction", "last_message_id": "reconnect"}[field]
+    kind, code = {
+        "channel": ("subscribe", ErrorCode.INVALID_CHANNEL),
+        "token_id": ("get_token_info", ErrorCode.INVALID_PARAMS),
+        "transaction_id": ("get_transaction", ErrorCode.INVALID_PARAMS),
+        "last_message_id": ("reconnect", ErrorCode.INVALID_PARAMS),
+    }[field]
     nested = "[" * 300 + "1" + "]" * 300
     payload = f'{{"id": 7, "type": "{kind}", "data": {{"{field}": {nested}}}}}'.encode()
-    try:
-        session, connection = harness.open()
-        session.message_received(payload, False)
-        (reply,), _ = connection.take_replies()
-        assert reply["data"]["code"] != ErrorCode.INTERNAL_ERROR, reply
-    finally:
-        logged_errors.clear()
+    session, connection = harness.open()
+    session.message_received(payload, False)
+    (reply,), _ = connection.take_replies()
+    assert reply["id"] == 7
+    assert reply["data"]["code"] == code, reply
