@@ -157,11 +157,7 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         try:
-            self._out = []
-            self._write = self.transport.write
-            self._take_over_backpressure()
-            self._set_send_buffer()
-            self._direct = not self._paused
+            self._start_output()
             self.session = Session(self, self._api_key, self.factory.api_server)
             self._opened_at = self.factory.reactor.seconds()
             self._log.info("Connection opened: {peer} with key {key_name}",
@@ -240,6 +236,18 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self._hold(conflation_key, frame)
         elif self.state == _OPEN:
             self._write(frame)
+
+    def _start_output(self) -> None:
+        """
+        Set up the output path of an open connection: batches, direct
+        writes, backpressure and the socket's send buffer (also used by the
+        conformance echo mode, conformance/echo_server.py).
+        """
+        self._out = []
+        self._write = self.transport.write
+        self._take_over_backpressure()
+        self._set_send_buffer()
+        self._direct = not self._paused
 
     # Backpressure: this protocol is its transport's streaming producer.
 
