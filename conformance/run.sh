@@ -4,8 +4,10 @@
 # 127.0.0.1, print a summary, and exit non-zero if any case failed.
 #
 # usage: conformance/run.sh [--quick] [--cases JSON_LIST] [--production-limits] [--port PORT]
+#        conformance/run.sh --install-only
 #   --quick   leave out 12.* and 13.* (permessage-deflate; never negotiated here)
 #   --cases   a JSON list of case patterns instead, e.g. '["1.*","5.*"]'
+#   --install-only  only install what the run needs (exit 1 if that fails)
 #   --production-limits  keep the production 64 KiB message limit instead of
 #             16 MiB: the 9.* cases above it must then end in close 1009
 #             (they count as the documented "limits" exception, see summarize.py)
@@ -34,9 +36,11 @@ mode=full
 cases='["*"]'
 port=
 limits=conformance
+install_only=
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) mode=quick; shift ;;
+        --install-only) install_only=1; shift ;;
         --cases) mode=custom; cases=$2; shift 2 ;;
         --production-limits) limits=production; shift ;;
         --port) port=$2; shift 2 ;;
@@ -147,8 +151,9 @@ ensure_wstest() {
     trap 'rm -f /etc/apt/sources.list.d/conformance-bullseye.sources \
         /etc/apt/preferences.d/conformance-bullseye 2>/dev/null || true' EXIT
     ensure_wstest
-) 9> "$CACHE/lock"
+) 9> "$CACHE/lock" || exit 1
 say "wstest ready: $("$CACHE/venv27/bin/wstest" -a 2>&1 | tr '\n' ' ')"
+[ -n "$install_only" ] && exit 0
 
 # --- the echo server ------------------------------------------------------------
 
