@@ -1,0 +1,93 @@
+"""
+API keys: making them, checking them at the handshake, and closing the
+connections of keys revoked while connected.
+
+A key is C{rk_} and 43 URL-safe characters (256 random bits). Only its
+SHA-256 is stored: a fast hash is right for keys this random, and it keeps
+the handshake cheap.
+"""
+
+import hashlib
+import secrets
+from collections.abc import Callable
+
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from .closecodes import CloseCode
+from .storage import Database
+from .storage.keys import ApiKey, find_key, revoked_among
+
+KEY_PREFIX = "rk_"
+_MAX_KEY_LENGTH = 256
+
+
+def generate_key() -> str:
+    """
+    A new random API key.
+    """
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    """
+    The stored form of a key.
+    """
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class KeyStore:
+    """
+    Checks presented keys against the database, so a key created or revoked
+    by C{rustorium keys} while the server runs takes effect at once.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def authenticate(self, key: str | None) -> "Deferred[ApiKey | None]":
+        """
+        The key's record if it exists and is not revoked, else C{None}.
+        """
+        if not key or len(key) > _MAX_KEY_LENGTH:
+            return succeed(None)
+        d = self._database.run(find_key, hash_key(key))
+        d.addCallback(lambda found: None if found is None or found.revoked else found)
+        return d
+
+    def revoked_among(self, key_ids: list[int]) -> "Deferred[set[int]]":
+        """
+        Which of these key ids may no longer be used.
+        """
+        return self._database.run(revoked_among, key_ids)
+
+
+class RevocationService(TimerService):
+    """
+    Every few seconds, close connections whose key has been revoked (close
+    code 4001), so revoking a key cuts its sessions, not only new ones.
+    """
+
+    log = Logger()
+
+    def __init__(self, interval: float, keys: KeyStore, sessions: Callable[[], list], clock):
+        super().__init__(interval, self._check)
+        self.clock = clock
+        self._keys = keys
+        self._sessions = sessions
+
+    def _check(self) -> "Deferred[None] | None":
+        sessions = self._sessions()
+        if not sessions:
+            return None
+        d = self._keys.revoked_among(sorted({s.api_key.key_id for s in sessions}))
+
+        def close(revoked: set[int]) -> None:
+            for session in sessions:
+                if session.api_key.key_id in revoked:
+                    session.close(CloseCode.KEY_REVOKED, "API key revoked")
+
+        d.addCallback(close)
+        d.addErrback(lambda f: self.log.failure("Checking for revoked API keys failed", f))
+        return d

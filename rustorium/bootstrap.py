@@ -1,0 +1,95 @@
+"""
+Start-up work on the database, done once and blocking before the server
+serves: create or upgrade the schema, write the genesis into an empty
+database (and the demo key with the built-in genesis), reserve message ids.
+"""
+
+import time
+
+import attrs
+from twisted.logger import Logger
+
+from .apikeys import generate_key, hash_key
+from .genesis import Genesis, demo_genesis, load_genesis
+from .storage import SqliteEngine, prepare_schema
+from .storage.chain import TokenRow, has_chain, load_tokens, write_genesis
+from .storage.keys import insert_key
+from .storage.meta import get_meta, set_meta
+from .timestamps import isoformat
+
+MESSAGE_ID_BLOCK = 1_000_000
+"""How far each durable reservation of message ids reaches (see L{hub.MessageIds})."""
+
+MESSAGE_ID_CEILING = "message_id_ceiling"
+DEMO_KEY_NAME = "demo"
+
+log = Logger()
+
+
+@attrs.frozen
+class Prepared:
+    """
+    What start-up found or made in the database.
+
+    @ivar demo_key: the demo API key, when this start created it (the only
+        time it is known).
+    """
+
+    tokens: list[TokenRow]
+    first_message_id: int
+    message_id_ceiling: int
+    demo_key: str | None
+    genesis_source: str | None
+
+
+def reserve_message_ids(txn, ceiling: int) -> None:
+    """
+    Durably raise the message id ceiling.
+    """
+    set_meta(txn, MESSAGE_ID_CEILING, str(ceiling))
+
+
+def prepare_database(engine: SqliteEngine, genesis_path: str | None) -> Prepared:
+    """
+    Make the database ready to serve.
+
+    @param genesis_path: the genesis for an empty database, or C{None} for
+        the built-in demo; ignored (with a log line) if the database already
+        holds a chain.
+    @raise GenesisError: for a malformed genesis file.
+    @raise SchemaError: for a database from a newer server.
+    """
+    connection = engine.connect()
+    try:
+        prepare_schema(connection, engine.path)
+        cursor = connection.cursor()
+        demo_key = genesis_source = None
+        if has_chain(cursor):
+            if genesis_path is not None:
+                log.info(
+                    "The database {path} already holds a chain; ignoring the genesis {genesis}",
+                    path=engine.path, genesis=genesis_path,
+                )
+        else:
+            genesis = load_genesis(genesis_path) if genesis_path else demo_genesis()
+            write_genesis(cursor, genesis)
+            genesis_source = genesis.source
+            if genesis_path is None:
+                demo_key = _create_demo_key(cursor, genesis)
+            log.info(
+                "Initialised {path} from the {source} ({count} tokens)",
+                path=engine.path, source=genesis.source, count=len(genesis.tokens),
+            )
+        ceiling = int(get_meta(cursor, MESSAGE_ID_CEILING) or 0)
+        reserve_message_ids(cursor, ceiling + MESSAGE_ID_BLOCK)
+        tokens = load_tokens(cursor)
+        connection.commit()
+    finally:
+        connection.close()
+    return Prepared(tokens, ceiling + 1, ceiling + MESSAGE_ID_BLOCK, demo_key, genesis_source)
+
+
+def _create_demo_key(cursor, genesis: Genesis) -> str:
+    key = generate_key()
+    insert_key(cursor, hash_key(key), DEMO_KEY_NAME, isoformat(time.time()), genesis.addresses)
+    return key

@@ -1,0 +1,103 @@
+"""
+The ``rustorium`` command: managing API keys from a shell.
+
+    rustorium keys create [--database URL] [--name NAME] [--address 0x..]...
+    rustorium keys list [--database URL]
+    rustorium keys revoke [--database URL] KEY_ID
+
+``keys create`` prints the new key alone on the last line of standard
+output; it is shown only then. Keys work at once, also on a running server.
+"""
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from .apikeys import generate_key, hash_key
+from .identifiers import normalise_address
+from .storage import DatabaseURLError, SchemaError, engine_from_url, prepare_schema, run_blocking
+from .storage.keys import insert_key, list_keys, revoke_key
+from .timestamps import isoformat
+
+DEFAULT_DATABASE = "sqlite:rustorium.db"
+
+
+def _address(value: str) -> str:
+    address = normalise_address(value)
+    if address is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not 0x followed by 40 hex digits")
+    return address
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rustorium", description="Rustorium server tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    actions = keys.add_subparsers(dest="action", required=True)
+
+    def with_database(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--database", default=DEFAULT_DATABASE,
+                       help=f"database URL (default: {DEFAULT_DATABASE})")
+        return p
+
+    create = with_database(actions.add_parser("create", help="create a key and print it"))
+    create.add_argument("--name", default="key", help="a name to recognise the key by")
+    create.add_argument("--address", action="append", default=[], type=_address,
+                        help="an address the key may send transactions from (repeatable)")
+    with_database(actions.add_parser("list", help="list keys (never the keys themselves)"))
+    revoke = with_database(actions.add_parser("revoke", help="revoke a key by its id"))
+    revoke.add_argument("key_id", type=int, help="the id shown by 'rustorium keys list'")
+    return parser
+
+
+def _engine(url: str):
+    engine = engine_from_url(url)
+    connection = engine.connect()
+    try:
+        prepare_schema(connection, engine.path)
+    finally:
+        connection.close()
+    return engine
+
+
+def _keys(args: argparse.Namespace) -> int:
+    engine = _engine(args.database)
+    if args.action == "create":
+        key = generate_key()
+        key_id = run_blocking(
+            engine, insert_key, hash_key(key), args.name, isoformat(time.time()), args.address
+        )
+        addresses = ", ".join(args.address) or "no addresses"
+        print(f"Created API key {key_id} ({args.name}) for {addresses}. It is shown only now:")
+        print(key)
+    elif args.action == "list":
+        keys = run_blocking(engine, list_keys)
+        if not keys:
+            print("No API keys.")
+        for k in keys:
+            state = f"revoked {k.revoked_at}" if k.revoked else "active"
+            addresses = ", ".join(sorted(k.addresses)) or "-"
+            print(f"{k.key_id}\t{k.name}\t{state}\tcreated {k.created_at}\t{addresses}")
+    else:
+        if not run_blocking(engine, revoke_key, args.key_id, isoformat(time.time())):
+            print(f"rustorium: no active key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"Revoked API key {args.key_id}; its connections close within seconds.")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run the command; return the exit status.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        return _keys(args)
+    except (DatabaseURLError, SchemaError) as e:
+        print(f"rustorium: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

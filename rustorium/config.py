@@ -1,0 +1,227 @@
+"""
+Server settings: one table of every setting, read from flags and a TOML file.
+
+Each setting has one hyphenated name, used both as the ``twistd rustorium``
+flag (``--tick-interval``) and as the TOML key (``tick-interval = 1``).
+Precedence: flags, then the TOML file given by ``--config``, then the
+defaults below. ``etc/rustorium.toml`` documents every setting.
+"""
+
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+DEFAULT_LISTEN = "tcp:8765:interface=127.0.0.1"
+
+
+class ConfigError(ValueError):
+    """
+    A setting with a bad value, or a TOML file that cannot be used; the
+    message names the setting.
+    """
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("must be a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not 0 <= number < float("inf"):
+        raise ValueError("must be a number, zero or more")
+    return number
+
+
+def _positive_seconds(value: object) -> float:
+    number = _seconds(value)
+    if number <= 0:
+        raise ValueError("must be more than zero")
+    return number
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("must be a whole number")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _optional_text(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    return _text(value)
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("must be an integer")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("must be an integer") from None
+
+
+def _endpoints(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, str) and v for v in value
+    ):
+        raise ValueError("must be a list of endpoint strings such as \"tcp:8765\"")
+    return tuple(value)
+
+
+@attrs.frozen
+class Setting:
+    """
+    One configurable setting.
+
+    @ivar name: the flag and TOML key, hyphenated.
+    @ivar parse: turns a flag string or TOML value into the typed value, or
+        raises L{ValueError} saying what is expected.
+    @ivar default: the value when neither flag nor file sets it.
+    @ivar help: one line for ``--help`` and ``etc/rustorium.toml``.
+    """
+
+    name: str
+    parse: Callable[[object], Any]
+    default: Any
+    help: str
+
+    @property
+    def attribute(self) -> str:
+        """
+        The L{Settings} attribute name (underscored).
+        """
+        return self.name.replace("-", "_")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("listen", _endpoints, (DEFAULT_LISTEN,),
+            "Twisted server endpoint strings to listen on (repeatable flag)."),
+    Setting("database", _text, "sqlite:rustorium.db",
+            "Database URL: sqlite:PATH."),
+    Setting("genesis", _optional_text, None,
+            "Genesis JSON file for an empty database (default: the built-in demo)."),
+    Setting("heartbeat-interval", _positive_seconds, 30.0,
+            "Seconds between heartbeat messages."),
+    Setting("heartbeat-timeout", _positive_seconds, None,
+            "Seconds of client silence before the connection is closed "
+            "(default: three heartbeat intervals)."),
+    Setting("tick-interval", _seconds, 1.0,
+            "Seconds between market ticks (0: every reactor turn)."),
+    Setting("block-interval", _positive_seconds, 2.0,
+            "Seconds between blocks that confirm pending transactions."),
+    Setting("market-seed", _integer, 1,
+            "Seed of the markets' random walk; the same seed gives the same prices."),
+    Setting("max-subscriptions", _count, 100,
+            "Active subscriptions allowed per connection."),
+    Setting("rate-limit", _positive_seconds, 10.0,
+            "Messages per second allowed per connection (token bucket refill rate)."),
+    Setting("rate-burst", _count, 10,
+            "Messages a connection may send at once (token bucket size)."),
+    Setting("flood-limit", _count, 50,
+            "Rate-limited messages within 10 seconds after which a connection is closed (4008)."),
+    Setting("max-message-size", _count, 65536,
+            "Largest incoming message in bytes; larger ones close the connection (1009)."),
+    Setting("handshake-timeout", _positive_seconds, 10.0,
+            "Seconds a client has to complete the WebSocket opening handshake."),
+    Setting("close-timeout", _positive_seconds, 5.0,
+            "Seconds to wait for a closing handshake before dropping the connection."),
+    Setting("backlog", _count, 4096,
+            "Listen backlog for tcp: and ssl: endpoints that do not set backlog=."),
+    Setting("key-check-interval", _positive_seconds, 5.0,
+            "Seconds between checks for revoked API keys of open connections."),
+)
+
+SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """
+    The server's settings, parsed and validated; see L{SETTINGS} for each.
+    """
+
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    database: str = "sqlite:rustorium.db"
+    genesis: str | None = None
+    heartbeat_interval: float = 30.0
+    heartbeat_timeout: float | None = None
+    tick_interval: float = 1.0
+    block_interval: float = 2.0
+    market_seed: int = 1
+    max_subscriptions: int = 100
+    rate_limit: float = 10.0
+    rate_burst: int = 10
+    flood_limit: int = 50
+    max_message_size: int = 65536
+    handshake_timeout: float = 10.0
+    close_timeout: float = 5.0
+    backlog: int = 4096
+    key_check_interval: float = 5.0
+
+    @property
+    def silence_timeout(self) -> float:
+        """
+        Seconds of silence after which a connection is closed.
+        """
+        if self.heartbeat_timeout is not None:
+            return self.heartbeat_timeout
+        return 3 * self.heartbeat_interval
+
+    @classmethod
+    def from_sources(
+        cls, *sources: Mapping[str, object], origin: Mapping[int, str] | None = None
+    ) -> "Settings":
+        """
+        Build settings from mappings of hyphenated names to raw values, the
+        first mapping that has a name winning (flags first, then the file).
+        A value of C{None} counts as not set.
+
+        @param origin: names for the sources in error messages, by position.
+        @raise ConfigError: for an unknown name or a bad value.
+        """
+        values: dict[str, object] = {}
+        for index, source in enumerate(sources):
+            where = (origin or {}).get(index, "")
+            for name, raw in source.items():
+                setting = SETTINGS_BY_NAME.get(name)
+                if setting is None:
+                    raise ConfigError(f"{where}unknown setting {name!r}")
+                if raw is None or setting.attribute in values:
+                    continue
+                try:
+                    values[setting.attribute] = setting.parse(raw)
+                except ValueError as e:
+                    raise ConfigError(f"{where}setting {name!r} {e}") from None
+        return cls(**values)
+
+
+def load_toml(path: str) -> dict[str, object]:
+    """
+    Read a TOML settings file.
+
+    @raise ConfigError: if it cannot be read or parsed.
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None

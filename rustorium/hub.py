@@ -1,0 +1,222 @@
+"""
+The hub: channels, subscribers and fan-out.
+
+A source publishes an update on a channel key (C{"market_data:MTK/USD"});
+the hub numbers it (C{msg_<n>}), encodes it once, frames it once for the
+wire, keeps it as that key's latest value, and hands the same object to every
+subscriber of the key. Per subscriber it does one call and nothing else.
+
+L{IHub} is the interface sessions and sources use; L{LocalHub} is the
+in-process implementation. A Redis-backed hub shared by several processes
+can follow behind the same interface, so nothing may reach into
+L{LocalHub}'s attributes.
+"""
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import attrs
+import orjson
+from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from .timestamps import isoformat
+
+Deliver = Callable[["Update"], None]
+
+
+def channel_key(channel: str, name: str) -> str:
+    """
+    The hub key of one stream of updates: a channel and what it is about
+    (a market symbol, a token id, an address).
+    """
+    return f"{channel}:{name}"
+
+
+@attrs.frozen(slots=True, weakref_slot=False)
+class Update:
+    """
+    One published update, shared by every subscriber that receives it.
+
+    @ivar number: the C{n} of its id C{msg_<n>}: increasing across the server
+        and across restarts (not contiguous).
+    @ivar key: the channel key it was published on.
+    @ivar payload: the encoded JSON message.
+    @ivar frame: the payload framed for the wire by the hub's C{prepare}
+        function (an Autobahn prepared message in the server).
+    @ivar published_at: the reactor time of publication.
+    """
+
+    number: int
+    key: str
+    payload: bytes
+    frame: Any
+    published_at: float
+
+
+class IHub(Interface):
+    """
+    Fan-out of updates from sources to subscribers.
+    """
+
+    def publish(channel: str, key: str, data: dict) -> Update:
+        """
+        Publish C{data} (the update's C{data} object without C{channel} and
+        C{timestamp}, which the hub adds) to every subscriber of C{key}.
+        """
+
+    def subscribe(key: str, subscriber: Hashable, deliver: Deliver) -> None:
+        """
+        Call C{deliver(update)} for every later update on C{key}, until
+        L{unsubscribe}. Subscribing the same subscriber again replaces it.
+        """
+
+    def unsubscribe(key: str, subscriber: Hashable) -> None:
+        """
+        Stop delivering C{key} to C{subscriber}; a no-op if not subscribed.
+        """
+
+    def latest(key: str) -> Update | None:
+        """
+        The last update published on C{key}, if any: the current state sent
+        right after a subscription is confirmed.
+        """
+
+    def subscriber_count(key: str) -> int:
+        """
+        How many subscribers C{key} has.
+        """
+
+
+class MessageIds:
+    """
+    Allocates the C{n} of C{msg_<n>}, increasing across restarts.
+
+    The database holds a ceiling: no id above it was ever issued. At start-up
+    the hub continues above the old ceiling and durably raises it by a block
+    before serving; when half a block is used, it raises it again in the
+    background. A crash therefore skips at most a block of numbers and never
+    repeats one.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, first: int, ceiling: int, block: int, reserve: Callable[[int], Any] | None = None
+    ) -> None:
+        """
+        @param first: the next number to issue.
+        @param ceiling: the durable ceiling (C{first <= ceiling}).
+        @param block: how far each reservation raises the ceiling.
+        @param reserve: called with a new ceiling to store it; may return a
+            Deferred.
+        """
+        self._next = first
+        self._ceiling = ceiling
+        self._block = block
+        self._reserve = reserve
+        self._reserving = False
+
+    @property
+    def last(self) -> int:
+        """
+        The last number issued (or the one before the first).
+        """
+        return self._next - 1
+
+    def next(self) -> int:
+        """
+        Issue the next number.
+        """
+        number = self._next
+        self._next = number + 1
+        if not self._reserving and self._ceiling - number < self._block // 2:
+            self._extend()
+        return number
+
+    def _extend(self) -> None:
+        if self._reserve is None:
+            self._ceiling += self._block
+            return
+        self._reserving = True
+        target = self._ceiling + self._block
+        d = maybeDeferred(self._reserve, target)
+
+        def reserved(_: object) -> None:
+            self._ceiling = target
+            self._reserving = False
+
+        def failed(failure: Any) -> None:
+            self._reserving = False
+            self.log.failure("Could not reserve message ids up to {target}", failure, target=target)
+
+        d.addCallbacks(reserved, failed)
+
+
+@implementer(IHub)
+class LocalHub:
+    """
+    The in-process hub.
+
+    Subscribers of a key are kept in a dict, and the tuple of their
+    C{deliver} callables is cached until the next (un)subscribe, so a publish
+    iterates a tuple and is safe against subscribers leaving mid-fan-out.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: Any,
+        ids: MessageIds,
+        prepare: Callable[[bytes], Any] = lambda payload: payload,
+    ) -> None:
+        """
+        @param clock: an C{IReactorTime}, for publication timestamps.
+        @param prepare: frames an encoded payload for the wire, once per
+            update.
+        """
+        self._clock = clock
+        self._ids = ids
+        self._prepare = prepare
+        self._subscribers: dict[str, dict[Hashable, Deliver]] = {}
+        self._fanout: dict[str, tuple[Deliver, ...]] = {}
+        self._latest: dict[str, Update] = {}
+
+    def publish(self, channel: str, key: str, data: dict) -> Update:
+        number = self._ids.next()
+        now = self._clock.seconds()
+        body = {"channel": channel, **data, "timestamp": isoformat(now)}
+        payload = orjson.dumps({"id": f"msg_{number}", "type": "update", "data": body})
+        update = Update(number, key, payload, self._prepare(payload), now)
+        self._latest[key] = update
+        fanout = self._fanout.get(key)
+        if fanout is None:
+            subscribers = self._subscribers.get(key)
+            if not subscribers:
+                return update
+            fanout = self._fanout[key] = tuple(subscribers.values())
+        for deliver in fanout:
+            try:
+                deliver(update)
+            except Exception:
+                self.log.failure("Delivering {key} failed", key=key)
+        return update
+
+    def subscribe(self, key: str, subscriber: Hashable, deliver: Deliver) -> None:
+        self._subscribers.setdefault(key, {})[subscriber] = deliver
+        self._fanout.pop(key, None)
+
+    def unsubscribe(self, key: str, subscriber: Hashable) -> None:
+        subscribers = self._subscribers.get(key)
+        if subscribers is not None and subscribers.pop(subscriber, None) is not None:
+            self._fanout.pop(key, None)
+            if not subscribers:
+                del self._subscribers[key]
+
+    def latest(self, key: str) -> Update | None:
+        return self._latest.get(key)
+
+    def subscriber_count(self, key: str) -> int:
+        return len(self._subscribers.get(key, ()))

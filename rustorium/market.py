@@ -1,0 +1,218 @@
+"""
+The market service: a seeded random walk per market, and the rolling 24 h
+figures published with it.
+
+Every tick moves each market's price by a normally distributed step (5 %
+daily volatility, scaled to the tick interval) and records a simulated
+traded volume; it then publishes a C{market_data} update per market and a
+C{token_updates} update per token (price from its market, volume from the
+ledger's trailing 24 h on-chain transfers). The same seed gives the same
+prices tick for tick, whatever the order of the markets.
+"""
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from .amounts import format_units
+from .catalog import Catalog, Market
+from .genesis import PRICE_DECIMALS
+from .hub import IHub, channel_key
+from .requests import MARKET_DATA, TOKEN_UPDATES
+
+DAY = 24 * 60 * 60.0
+BUCKET = 60.0
+DAILY_VOLATILITY = 0.05
+MIN_STEP_INTERVAL = 0.001
+"""The tick interval assumed for volatility when ticks run every reactor turn."""
+
+
+class RollingWindow:
+    """
+    Traded volume and opening price over a trailing 24 h, in one-minute
+    buckets, so a tick costs O(1) however fast ticks come.
+    """
+
+    __slots__ = ("_buckets", "_volume")
+
+    def __init__(self) -> None:
+        # [bucket start, volume in the bucket, first price in the bucket]
+        self._buckets: deque[list] = deque()
+        self._volume = 0
+
+    def record(self, now: float, price: int, volume: int) -> None:
+        """
+        Record a tick's price and traded volume at time C{now}.
+        """
+        start = now - now % BUCKET
+        buckets = self._buckets
+        if not buckets or buckets[-1][0] != start:
+            buckets.append([start, 0, price])
+        buckets[-1][1] += volume
+        self._volume += volume
+        while buckets[0][0] <= now - DAY:
+            self._volume -= buckets.popleft()[1]
+
+    @property
+    def volume(self) -> int:
+        """
+        The volume over the trailing 24 h.
+        """
+        return self._volume
+
+    @property
+    def opening_price(self) -> int:
+        """
+        The oldest price within the trailing 24 h (the first one recorded
+        while less than 24 h of history exist).
+        """
+        return self._buckets[0][2]
+
+
+def percent_change(price: int, reference: int) -> str:
+    """
+    The change from C{reference} to C{price} in percent, two decimals at
+    most, truncated toward zero.
+
+    >>> percent_change(10520, 10000)
+    '5.2'
+    """
+    hundredths = abs(price - reference) * 10000 // reference
+    return format_units(-hundredths if price < reference else hundredths, 2)
+
+
+@attrs.define
+class MarketState:
+    """
+    One market's moving state.
+    """
+
+    market: Market
+    rng: random.Random
+    price: int
+    window: RollingWindow = attrs.Factory(RollingWindow)
+
+
+@attrs.frozen
+class Quote:
+    """
+    A market's figures after a tick.
+    """
+
+    market: Market
+    price: int
+    change_24h: str
+    volume_24h: int
+
+
+class MarketSimulator:
+    """
+    The random walks of every market; pure, with time passed in.
+    """
+
+    def __init__(self, catalog: Catalog, seed: int, tick_interval: float) -> None:
+        step = max(tick_interval, MIN_STEP_INTERVAL)
+        self._sigma = DAILY_VOLATILITY * math.sqrt(step / DAY)
+        self._states = [
+            MarketState(market, random.Random(f"{seed}:{market.symbol}"), market.initial_price)
+            for market in catalog.markets.values()
+        ]
+
+    def tick(self, now: float) -> list[Quote]:
+        """
+        Move every market one step; return the new quotes.
+        """
+        quotes = []
+        sigma = self._sigma
+        for state in self._states:
+            rng = state.rng
+            state.price = max(1, round(state.price * math.exp(rng.gauss(0.0, sigma))))
+            traded = rng.randrange(0, 1000)
+            state.window.record(now, state.price, traded)
+            quotes.append(
+                Quote(
+                    state.market,
+                    state.price,
+                    percent_change(state.price, state.window.opening_price),
+                    state.window.volume,
+                )
+            )
+        return quotes
+
+
+class MarketService(Service):
+    """
+    Ticks the markets on the reactor's clock and publishes their updates.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        hub: IHub,
+        clock,
+        tick_interval: float,
+        seed: int,
+        token_volume: Callable[[str], int],
+    ) -> None:
+        self._hub = hub
+        self._clock = clock
+        self._interval = tick_interval
+        self._token_volume = token_volume
+        self._simulator = MarketSimulator(catalog, seed, tick_interval)
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = clock
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=True).addErrback(
+            lambda f: self.log.failure("The market ticks stopped", f)
+        )
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def tick(self) -> None:
+        """
+        Move the markets and publish; a failure is logged and the next tick
+        still comes.
+        """
+        try:
+            self._publish(self._simulator.tick(self._clock.seconds()))
+        except Exception:
+            self.log.failure("A market tick failed")
+
+    def _publish(self, quotes: list[Quote]) -> None:
+        publish = self._hub.publish
+        for quote in quotes:
+            market = quote.market
+            token = market.token
+            price = format_units(quote.price, PRICE_DECIMALS)
+            publish(
+                MARKET_DATA,
+                channel_key(MARKET_DATA, market.symbol),
+                {
+                    "symbol": market.symbol,
+                    "price": price,
+                    "change_24h": quote.change_24h,
+                    "volume_24h": str(quote.volume_24h),
+                },
+            )
+            publish(
+                TOKEN_UPDATES,
+                channel_key(TOKEN_UPDATES, token.token_id),
+                {
+                    "token_id": token.token_id,
+                    "price": price,
+                    "volume": format_units(self._token_volume(token.token_id), token.decimals),
+                },
+            )

@@ -1,0 +1,79 @@
+"""
+Per-connection rate limiting: a token bucket refilled lazily from the
+reactor's clock, so it needs no timer and is tested with C{task.Clock}.
+"""
+
+from collections.abc import Callable
+
+
+class TokenBucket:
+    """
+    A bucket of C{burst} tokens refilled at C{rate} per second; each message
+    takes one.
+    """
+
+    __slots__ = ("_burst", "_now", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: int, now: Callable[[], float]) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._now = now
+        self._tokens = float(burst)
+        self._stamp = now()
+
+    def _refill(self) -> float:
+        now = self._now()
+        if now > self._stamp:
+            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        return self._tokens
+
+    def take(self) -> bool:
+        """
+        Take a token if there is one.
+        """
+        if self._refill() >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def available(self) -> float:
+        """
+        Tokens in the bucket now.
+        """
+        return self._refill()
+
+    def retry_after(self) -> float:
+        """
+        Seconds until a token will be available (0 if one is now).
+        """
+        return max(0.0, (1.0 - self._refill()) / self._rate)
+
+
+class FloodWindow:
+    """
+    Counts rate-limited messages in fixed windows, to tell a client that
+    keeps sending past the limit (which is closed) from one that overshoots
+    now and then (which only gets errors).
+    """
+
+    __slots__ = ("_count", "_limit", "_now", "_start", "_window")
+
+    def __init__(self, limit: int, window: float, now: Callable[[], float]) -> None:
+        self._limit = limit
+        self._window = window
+        self._now = now
+        self._start = now()
+        self._count = 0
+
+    def exceeded(self) -> bool:
+        """
+        Record one rejected message; C{True} once more than C{limit} fall
+        within one window.
+        """
+        now = self._now()
+        if now - self._start >= self._window:
+            self._start = now
+            self._count = 0
+        self._count += 1
+        return self._count > self._limit

@@ -1,0 +1,86 @@
+"""
+The server's shared state: what every session reaches, and nothing that
+knows about WebSocket.
+"""
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .apikeys import KeyStore
+from .catalog import Catalog
+from .config import Settings
+from .hub import IHub
+
+if TYPE_CHECKING:
+    from .session import Session
+
+
+class SessionRegistry:
+    """
+    The open sessions, ordered by when each last sent a message, so finding
+    the silent ones looks only at the oldest few.
+    """
+
+    def __init__(self) -> None:
+        self._last_seen: OrderedDict[Session, float] = OrderedDict()
+
+    def add(self, session: "Session", now: float) -> None:
+        self._last_seen[session] = now
+
+    def touch(self, session: "Session", now: float) -> None:
+        """
+        Record that C{session} sent something at C{now}.
+        """
+        self._last_seen[session] = now
+        self._last_seen.move_to_end(session)
+
+    def remove(self, session: "Session") -> None:
+        self._last_seen.pop(session, None)
+
+    def silent_since(self, deadline: float) -> list["Session"]:
+        """
+        The sessions that have sent nothing since C{deadline}.
+        """
+        silent = []
+        for session, seen in self._last_seen.items():
+            if seen >= deadline:
+                break
+            silent.append(session)
+        return silent
+
+    def __iter__(self) -> Iterator["Session"]:
+        return iter(list(self._last_seen))
+
+    def __len__(self) -> int:
+        return len(self._last_seen)
+
+
+class Server:
+    """
+    The API's shared state.
+
+    @ivar ready: whether the service has started; handshakes are refused
+        with 503 until it has.
+    @ivar token_volume: the trailing 24 h confirmed transfer volume of a
+        token, in base units (zero until the ledger provides it).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Any,
+        hub: IHub,
+        catalog: Catalog,
+        keys: KeyStore,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.hub = hub
+        self.catalog = catalog
+        self.keys = keys
+        self.sessions = SessionRegistry()
+        self.version = __version__
+        self.ready = False
+        self.token_volume: Callable[[str], int] = lambda token_id: 0

@@ -1,0 +1,152 @@
+"""
+The Rustorium service: everything the server runs, as one C{IService}.
+
+L{makeService} is the public entry point for embedding::
+
+    from rustorium.service import makeService
+    rustorium = makeService({"listen": ["tcp:8765"], "database": "sqlite:app.db"})
+    rustorium.setServiceParent(application)
+
+and L{RustoriumService.websocket_resource} mounts the API in an existing
+C{twisted.web} site instead of (or beside) its own listening ports::
+
+    root.putChild(b"v1", rustorium.websocket_resource())
+"""
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+
+from .apikeys import KeyStore, RevocationService
+from .bootstrap import MESSAGE_ID_BLOCK, prepare_database, reserve_message_ids
+from .catalog import Catalog
+from .closecodes import CloseCode
+from .config import Settings
+from .heartbeat import HeartbeatService
+from .hub import LocalHub, MessageIds
+from .market import MarketService
+from .server import Server
+from .storage import Database, engine_from_url
+from .web import build_site
+from .websocket import RustoriumServerFactory, prepare_frame
+
+log = Logger()
+
+_BACKLOG_ENDPOINTS = re.compile(r"(tcp6?|ssl|unix):", re.IGNORECASE)
+
+
+def with_backlog(endpoint: str, backlog: int) -> str:
+    """
+    Add C{backlog=N} to a tcp, ssl or unix endpoint string that does not set
+    one: Twisted's default of 50 drops connections when thousands of clients
+    reconnect at once.
+    """
+    if _BACKLOG_ENDPOINTS.match(endpoint) and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={backlog}"
+    return endpoint
+
+
+class _DatabaseService(Service):
+    """
+    Closes the database pool when the application stops.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._database.close()
+
+
+class RustoriumService(MultiService):
+    """
+    The whole server: storage, the hub, the market and heartbeat timers, and
+    a listener per configured endpoint.
+
+    @ivar server: the shared L{Server} state.
+    @ivar demo_key: the demo API key, if this start created it.
+    """
+
+    def __init__(self, settings: Settings, reactor: Any) -> None:
+        super().__init__()
+        self.settings = settings
+        self._reactor = reactor
+        engine = engine_from_url(settings.database)
+        prepared = prepare_database(engine, settings.genesis)
+        self.demo_key = prepared.demo_key
+        database = Database(engine, reactor)
+        _DatabaseService(database).setServiceParent(self)
+        ids = MessageIds(
+            prepared.first_message_id,
+            prepared.message_id_ceiling,
+            MESSAGE_ID_BLOCK,
+            reserve=lambda ceiling: database.run(reserve_message_ids, ceiling),
+        )
+        hub = LocalHub(reactor, ids, prepare_frame)
+        catalog = Catalog(prepared.tokens)
+        self.server = server = Server(settings, reactor, hub, catalog, KeyStore(database))
+
+        MarketService(
+            catalog, hub, reactor, settings.tick_interval, settings.market_seed,
+            lambda token_id: server.token_volume(token_id),
+        ).setServiceParent(self)
+        HeartbeatService(server, reactor, prepare_frame).setServiceParent(self)
+        RevocationService(
+            settings.key_check_interval, server.keys, lambda: list(server.sessions), reactor
+        ).setServiceParent(self)
+
+        factory = RustoriumServerFactory(server, reactor=reactor)
+        self.site = build_site(factory, settings.handshake_timeout)
+        for description in settings.listen:
+            # strports.service makes a failure to listen stop start-up.
+            strports.service(
+                with_backlog(description, settings.backlog), self.site, reactor=reactor
+            ).setServiceParent(self)
+
+    def websocket_resource(self) -> WebSocketResource:
+        """
+        The WebSocket API as a resource to mount in another C{twisted.web}
+        site, at any path.
+        """
+        return WebSocketResource(
+            RustoriumServerFactory(self.server, path=None, reactor=self._reactor)
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        self.server.ready = True
+        if self.demo_key is not None:
+            log.info(
+                "Created the demo API key (shown only now): {demo_key}\n"
+                "Connect with ws://HOST:PORT/v1?api_key={demo_key}",
+                demo_key=self.demo_key,
+            )
+
+    def stopService(self) -> Any:
+        self.server.ready = False
+        for session in self.server.sessions:
+            session.close(CloseCode.SHUTTING_DOWN, "server shutting down")
+        return super().stopService()
+
+
+def makeService(config: Settings | Mapping[str, object], reactor: Any = None) -> RustoriumService:
+    """
+    Build the Rustorium service.
+
+    @param config: L{Settings}, or a mapping of setting names (hyphenated,
+        as in the TOML file) to values.
+    @param reactor: the reactor to run on; the global one by default.
+    @raise ConfigError: for a bad setting.
+    @raise GenesisError: for a malformed genesis file.
+    @raise SchemaError: for a database from a newer server.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    settings = config if isinstance(config, Settings) else Settings.from_sources(config)
+    return RustoriumService(settings, reactor)

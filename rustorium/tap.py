@@ -1,0 +1,101 @@
+"""
+The ``twistd rustorium`` command: its options and its service.
+
+Every setting of L{rustorium.config.SETTINGS} is a flag here and a key in
+the TOML file named by ``--config``; flags win over the file, the file over
+the defaults.
+"""
+
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from .config import SETTINGS, ConfigError, Settings, load_toml
+from .genesis import GenesisError, load_genesis
+from .service import RustoriumService
+from .service import makeService as _makeService
+from .storage import DatabaseURLError, SchemaError, engine_from_url
+
+
+def _help(setting) -> str:
+    default = setting.default
+    if isinstance(default, tuple):
+        default = " ".join(default)
+    if default is None:
+        return setting.help
+    return f"{setting.help} [default: {default}]"
+
+
+class Options(usage.Options):
+    """
+    Options of ``twistd rustorium``.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the Rustorium WebSocket API server. Every option can also be set "
+        "in a TOML file given with --config (keys are the option names)."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML file of settings (flags win over it)."],
+    ] + [
+        [setting.name, None, None, _help(setting)]
+        for setting in SETTINGS
+        if setting.name != "listen"
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """
+        Twisted server endpoint string to listen on, such as tcp:8765 or
+        ssl:8443:privateKey=key.pem:certKey=cert.pem (repeatable)
+        [default: tcp:8765:interface=127.0.0.1]
+        """
+        self["listen"].append(endpoint)
+
+    def postOptions(self) -> None:
+        flags = {s.name: self.get(s.name) for s in SETTINGS}
+        flags["listen"] = self["listen"] or None
+        try:
+            if self["config"]:
+                self.settings = Settings.from_sources(
+                    flags, load_toml(self["config"]), origin={1: f"{self['config']}: "}
+                )
+            else:
+                self.settings = Settings.from_sources(flags)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        self._check(self.settings)
+
+    @staticmethod
+    def _check(settings: Settings) -> None:
+        """
+        Fail now, with a usage message, on what would fail at start-up.
+        """
+        try:
+            engine_from_url(settings.database)
+            if settings.genesis is not None:
+                load_genesis(settings.genesis)
+        except (DatabaseURLError, GenesisError) as e:
+            raise usage.UsageError(str(e)) from None
+        from twisted.internet import reactor
+
+        for endpoint in settings.listen:
+            try:
+                serverFromString(reactor, endpoint)
+            except Exception as e:
+                raise usage.UsageError(f"bad --listen endpoint {endpoint!r}: {e}") from None
+
+
+def makeService(options: Options, reactor: Any = None) -> RustoriumService:
+    """
+    The service ``twistd rustorium`` runs.
+    """
+    try:
+        return _makeService(options.settings, reactor)
+    except (GenesisError, SchemaError, DatabaseURLError) as e:
+        raise SystemExit(f"rustorium: {e}") from None
