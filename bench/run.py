@@ -162,8 +162,8 @@ def idle(server: Running, n: int, prof: Profile) -> dict:
     opened = res["conns_open_end"]
     delta = res["rss_after_kb"] - res["rss_before_kb"]
     return {
-        "conns": opened, "conns_failed": res["conns_failed"], "rss_before_kib": res["rss_before_kb"],
-        "rss_after_kib": res["rss_after_kb"],
+        "conns": opened, "conns_failed": res["conns_failed"],
+        "rss_before_kib": res["rss_before_kb"], "rss_after_kib": res["rss_after_kb"],
         "kib_per_conn": delta / opened if opened else None, "setup_s": res["setup_s"],
     }
 

@@ -247,10 +247,28 @@ class RustoriumServer(Server):
 
     # -- installation --------------------------------------------------------
 
+    def _probe(self, python: str) -> dict | None:
+        """
+        Where ``python`` imports rustorium from, if ``twistd`` can find the plugin.
+
+        Importable is not enough: an editable install imports fine but its
+        ``twisted/plugins`` directory is invisible to twistd's plugin scan.
+        """
+        probe = ("import json, rustorium\n"
+                 "from twisted.plugin import getPlugins\n"
+                 "from twisted.application.service import IServiceMaker\n"
+                 "names = {p.tapname for p in getPlugins(IServiceMaker)}\n"
+                 "print(json.dumps({'file': rustorium.__file__, 'plugin': 'rustorium' in names}))")
+        out = subprocess.run([python, "-c", probe], check=False, capture_output=True, text=True,
+                             cwd=tempfile.gettempdir())
+        try:
+            found = json.loads(out.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return None
+        return found if found.get("plugin") else None
+
     def _importable(self, python: str) -> bool:
-        probe = "import rustorium, twisted.plugins.rustorium_plugin"
-        return subprocess.run([python, "-c", probe], check=False, capture_output=True,
-                              cwd=tempfile.gettempdir()).returncode == 0
+        return self._probe(python) is not None
 
     def _source_stamp(self) -> str:
         """A hash of the repository's server sources (HEAD plus local changes, bench/ excluded)."""
@@ -268,7 +286,12 @@ class RustoriumServer(Server):
             if not self._importable(self.python):
                 raise SetupError(f"{self.python} cannot import rustorium")
             return
-        if os.environ.get("BENCH_USE_CURRENT_PYTHON") != "0" and self._importable(sys.executable):
+        # The current interpreter is used when it runs this very checkout's server
+        # (or when asked to with BENCH_USE_CURRENT_PYTHON=1); otherwise bench/.venv,
+        # so that the figures are never those of some other installed copy.
+        found = self._probe(sys.executable)
+        if found and (os.environ.get("BENCH_USE_CURRENT_PYTHON") == "1"
+                      or Path(found["file"]).resolve().is_relative_to(self.repo)):
             self.python = sys.executable
             log(f"rustorium: using the current interpreter {sys.executable}")
             return
