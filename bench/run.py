@@ -131,6 +131,9 @@ def fanout(server: Running, n: int, k: int, prof: Profile) -> dict:
         "gen_cpu_pct": res["gen_cpu_pct"], "gen_us_per_delivery":
             (res["gen_cpu_s"] * 1e6 / upd) if upd else None,
         "cpu0_busy_pct": res["cpu0_busy_pct"], "cpu1_busy_pct": res["cpu1_busy_pct"],
+        # CPU 0 time not spent by the server: another process competed with it.
+        "cpu0_other_pct": res["cpu0_busy_pct"] - 100.0 * cpu / win if win and cpu >= 0 else None,
+        "update_bytes": res["update_bytes_avg"],
         "errors": res["errors"], "closed_by_peer": res["closed_by_peer"],
     }
 
@@ -371,16 +374,18 @@ def report(rows: list[dict], scenarios: list[str]) -> list[str]:
                 if nn != n:
                     continue
                 if failed(r):
-                    body.append([srv, "FAILED: " + r["failed"][:60], "", "", "", "", "", ""])
+                    body.append([srv, "FAILED: " + r["failed"][:60], *[""] * 8])
                     continue
                 us = r.get("server_us_per_delivery")
                 body.append([srv, _fmt(r["deliveries_per_s"]), _fmt(us, 2),
                              _fmt(us / ref, 2) if us and ref else "-",
                              _fmt(us / node, 2) if us and node else "-",
                              _fmt(r["server_cpu_pct"]), _fmt(r["gen_cpu_pct"]),
-                             _fmt(r.get("gen_us_per_delivery"), 2)])
+                             _fmt(r.get("gen_us_per_delivery"), 2),
+                             _fmt(r.get("cpu0_other_pct")), _fmt(r.get("update_bytes"), 0)])
             table(f"{title}, N={n}", ["server", "deliv/s", "srv us/deliv", "x ref", "x node",
-                                      "srv CPU%", "gen CPU%", "gen us/deliv"], body)
+                                      "srv CPU%", "gen CPU%", "gen us/deliv", "CPU0 other%",
+                                      "bytes/upd"], body)
             rr = med.get(("rustorium", n))
             if not rr or failed(rr):
                 continue

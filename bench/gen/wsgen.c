@@ -96,7 +96,7 @@ static int g_next_to_connect = 0; /* index of next conn to start */
 static int g_pending = 0;         /* connections in CONNECTING/HS */
 static int g_open = 0, g_failed = 0, g_closed_by_peer = 0;
 static int g_confirms = 0, g_ready_conns = 0, g_reconf = 0, g_resume_err = 0;
-static uint64_t g_updates = 0, g_replies = 0, g_errors = 0, g_other = 0;
+static uint64_t g_updates = 0, g_update_bytes = 0, g_replies = 0, g_errors = 0, g_other = 0;
 static uint64_t g_heartbeats = 0;
 static int g_cmd_unavailable = 0;
 static char g_sub_msg[4096];
@@ -443,6 +443,7 @@ static void on_message(struct conn *c, const char *p, size_t n) {
 #define IS(lit) (tl == sizeof(lit) - 1 && memcmp(t, lit, tl) == 0)
     if (IS("update")) {
         g_updates++;
+        g_update_bytes += n;
         c->updates++;
         if (lat_on) {
             size_t sl;
@@ -847,6 +848,7 @@ int main(int argc, char **argv) {
                ready, t_all, g_reconf, g_resume_err, g_failed,
                (unsigned long long)(g_updates - upd_before), s0 >= 0 ? s1 - s0 : -1.0);
     }
+    printf(",\"update_bytes_avg\":%.1f", g_updates ? (double)g_update_bytes / (double)g_updates : 0.0);
     printf(",\"updates_total\":%llu,\"heartbeats\":%llu,\"other_msgs\":%llu,\"errors\":{", (unsigned long long)g_updates,
            (unsigned long long)g_heartbeats, (unsigned long long)g_other);
     for (int i = 0; i < n_codes; i++)
