@@ -219,8 +219,11 @@ class NodeWsServer(Server):
     def start(self, tick_interval: float, rate_limit: float | None = None) -> Running:
         port = free_port()
         workdir = Path(tempfile.mkdtemp(prefix="bench-node-"))
+        # --wait-ready: ticks start when the generator has set up every client
+        # (see server.js); the generator is told so by info["ready_signal"].
         return self._spawn(["node", str(NODE_DIR / "server.js"), "--port", str(port),
-                            "--tick-interval", repr(tick_interval)], workdir, port, "/v1")
+                            "--tick-interval", repr(tick_interval), "--wait-ready"],
+                           workdir, port, "/v1", {"ready_signal": True})
 
 
 def _hex40(seed: str) -> str:

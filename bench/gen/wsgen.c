@@ -21,6 +21,9 @@
  *              dropped at once and reconnect with a "reconnect" message;
  *              measures the time until every one got reconnect_confirmation.
  *
+ * With --ready-signal, SIGUSR2 goes to --server-pid once every client is set
+ * up (see bench/node/server.js --wait-ready).
+ *
  * With --server-pid, the server's utime+stime (from /proc/PID/stat) is read
  * at the exact start and end of the measurement window, so the harness can
  * divide server CPU by deliveries counted over the same interval.
@@ -33,6 +36,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
@@ -87,6 +91,7 @@ static const char *o_cmd_data = "{}";
 static const char *o_expect = "token_info";
 static int o_depth = 1;
 static double o_resume_timeout = 60.0;
+static int o_ready_signal = 0;
 
 /* ---- state ---- */
 static struct conn *conns;
@@ -691,7 +696,8 @@ static void usage(void) {
             "usage: wsgen --port P [--path /v1?api_key=K] [--mode fanout|idle|cmd|reconnect]\n"
             "  [--conns N] [--symbols A/USD,B/USD] [--latency] [--warmup S] [--duration S]\n"
             "  [--setup-timeout S] [--settle S] [--conc C] [--server-pid PID]\n"
-            "  [--cmd-type T --cmd-data JSON --expect TYPE --depth D] [--resume-timeout S]\n");
+            "  [--cmd-type T --cmd-data JSON --expect TYPE --depth D] [--resume-timeout S]\n"
+            "  [--ready-signal]  (send SIGUSR2 to --server-pid once all clients are set up)\n");
     exit(2);
 }
 
@@ -703,7 +709,7 @@ int main(int argc, char **argv) {
         {"setup-timeout", 1, 0, 'T'}, {"settle", 1, 0, 'S'},       {"conc", 1, 0, 'c'},
         {"server-pid", 1, 0, 'i'},   {"cmd-type", 1, 0, 'C'},      {"cmd-data", 1, 0, 'D'},
         {"expect", 1, 0, 'E'},       {"depth", 1, 0, 'x'},         {"resume-timeout", 1, 0, 'R'},
-        {0, 0, 0, 0}};
+        {"ready-signal", 0, 0, 'Y'}, {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
@@ -731,6 +737,7 @@ int main(int argc, char **argv) {
         case 'E': o_expect = optarg; break;
         case 'x': o_depth = atoi(optarg); break;
         case 'R': o_resume_timeout = atof(optarg); break;
+        case 'Y': o_ready_signal = 1; break;
         default: usage();
         }
     }
@@ -780,6 +787,8 @@ int main(int argc, char **argv) {
     double t_setup = mono() - t_start;
     double srv_cpu_setup = proc_cpu(o_server_pid) - srv_cpu_setup0;
     logmsg("setup: %d open, %d failed, %d confirmed in %.2fs", g_open, g_failed, g_confirms, t_setup);
+    /* A reference server started with --wait-ready ticks only from now on. */
+    if (o_ready_signal && o_server_pid > 0) kill(o_server_pid, SIGUSR2);
 
     printf("{\"mode\":\"%s\",\"conns_target\":%d,\"conns_open\":%d,\"conns_failed\":%d,"
            "\"setup_s\":%.3f,\"setup_server_cpu_s\":%.3f,\"confirms\":%d",

@@ -16,7 +16,12 @@
  * Clients whose send buffer holds more than 4 MiB skip ticks, so a slow
  * client cannot grow memory without bound during a run.
  *
- * Usage: node server.js --port P [--tick-interval SECONDS]   (127.0.0.1 only)
+ * With --wait-ready it ticks only after SIGUSR2 (sent by the generator once
+ * every client is subscribed): under a tick-every-turn fan-out, ws accepts
+ * new connections so slowly that connecting 5000 clients takes minutes.
+ * Only the setup changes; the measured window is the same.
+ *
+ * Usage: node server.js --port P [--tick-interval SECONDS] [--wait-ready]  (127.0.0.1 only)
  */
 const http = require('http');
 const { WebSocketServer, WebSocket } = require('ws');
@@ -28,6 +33,7 @@ function arg(name, dflt) {
 
 const port = parseInt(arg('--port', '0'), 10);
 const interval = parseFloat(arg('--tick-interval', '0'));
+const waitReady = process.argv.includes('--wait-ready');
 const MAX_BUFFERED = 4 * 1024 * 1024;
 if (!port) {
   console.error('usage: node server.js --port P [--tick-interval S]');
@@ -97,7 +103,11 @@ wss.on('connection', (ws) => {
 server.listen(port, '127.0.0.1', 4096, () => {
   console.log(`node-ws listening on 127.0.0.1:${port} tick-interval ${interval}`);
 });
-if (interval > 0) setInterval(tick, interval * 1000);
-else schedule();
+function startTicking() {
+  if (interval > 0) setInterval(tick, interval * 1000);
+  else schedule();
+}
+if (waitReady) process.once('SIGUSR2', startTicking);
+else startTicking();
 process.on('SIGTERM', () => process.exit(0));
 process.on('SIGINT', () => process.exit(0));
