@@ -1,7 +1,9 @@
 """
 Start-up work on the database, done once and blocking before the server
 serves: create or upgrade the schema, write the genesis into an empty
-database (and the demo key with the built-in genesis), reserve message ids.
+database (and the demo key with the built-in genesis), reserve message ids,
+and read the ledger's state (pending transactions are confirmed by the next
+block).
 """
 
 import time
@@ -11,9 +13,11 @@ from twisted.logger import Logger
 
 from .apikeys import generate_key, hash_key
 from .genesis import Genesis, demo_genesis, load_genesis
+from .rolling import DAY
 from .storage import SqliteEngine, prepare_schema
 from .storage.chain import TokenRow, has_chain, load_tokens, write_genesis
 from .storage.keys import insert_key
+from .storage.ledger import LedgerSnapshot, load_ledger
 from .storage.meta import get_meta, set_meta
 from .timestamps import isoformat
 
@@ -40,6 +44,7 @@ class Prepared:
     message_id_ceiling: int
     demo_key: str | None
     genesis_source: str | None
+    ledger: LedgerSnapshot
 
 
 def reserve_message_ids(txn, ceiling: int) -> None:
@@ -83,10 +88,16 @@ def prepare_database(engine: SqliteEngine, genesis_path: str | None) -> Prepared
         ceiling = int(get_meta(cursor, MESSAGE_ID_CEILING) or 0)
         reserve_message_ids(cursor, ceiling + MESSAGE_ID_BLOCK)
         tokens = load_tokens(cursor)
+        ledger = load_ledger(cursor, time.time() - DAY)
         connection.commit()
     finally:
         connection.close()
-    return Prepared(tokens, ceiling + 1, ceiling + MESSAGE_ID_BLOCK, demo_key, genesis_source)
+    if ledger.pending:
+        log.info("{count} pending transactions found; the next block confirms them",
+                 count=len(ledger.pending))
+    return Prepared(
+        tokens, ceiling + 1, ceiling + MESSAGE_ID_BLOCK, demo_key, genesis_source, ledger
+    )
 
 
 def _create_demo_key(cursor, genesis: Genesis) -> str:

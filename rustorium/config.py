@@ -126,6 +126,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds between market ticks (0: every reactor turn)."),
     Setting("block-interval", _positive_seconds, 2.0,
             "Seconds between blocks that confirm pending transactions."),
+    Setting("commit-batch", _count, 1000,
+            "Most accepted transactions sharing one database commit (1: a commit each)."),
     Setting("market-seed", _integer, 1,
             "Seed of the markets' random walk; the same seed gives the same prices."),
     Setting("max-subscriptions", _count, 100,
@@ -164,6 +166,7 @@ class Settings:
     heartbeat_timeout: float | None = None
     tick_interval: float = 1.0
     block_interval: float = 2.0
+    commit_batch: int = 1000
     market_seed: int = 1
     max_subscriptions: int = 100
     rate_limit: float = 10.0

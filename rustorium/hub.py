@@ -3,8 +3,9 @@ The hub: channels, subscribers and fan-out.
 
 A source publishes an update on a channel key (C{"market_data:MTK/USD"});
 the hub numbers it (C{msg_<n>}), encodes it once, frames it once for the
-wire, keeps it as that key's latest value, and hands the same object to every
-subscriber of the key. Per subscriber it does one call and nothing else.
+wire, keeps it as that key's latest value (when asked to), and hands the
+same object to every subscriber of the key. Per subscriber it does one call
+and nothing else.
 
 L{IHub} is the interface sessions and sources use; L{LocalHub} is the
 in-process implementation. A Redis-backed hub shared by several processes
@@ -60,10 +61,13 @@ class IHub(Interface):
     Fan-out of updates from sources to subscribers.
     """
 
-    def publish(channel: str, key: str, data: dict) -> Update:
+    def publish(channel: str, key: str, data: dict, retain: bool = True) -> Update:
         """
         Publish C{data} (the update's C{data} object without C{channel} and
         C{timestamp}, which the hub adds) to every subscriber of C{key}.
+
+        @param retain: keep it as the key's current state for L{snapshot}
+            (prices and volumes are state; transaction events are not).
         """
 
     def subscribe(key: str, subscriber: Hashable, deliver: Deliver) -> None:
@@ -77,10 +81,12 @@ class IHub(Interface):
         Stop delivering C{key} to C{subscriber}; a no-op if not subscribed.
         """
 
-    def latest(key: str) -> Update | None:
+    def snapshot(key: str) -> Update | None:
         """
-        The last update published on C{key}, if any: the current state sent
-        right after a subscription is confirmed.
+        The key's current state (its last retained update), renumbered with
+        a fresh message id, for sending right after a subscription is
+        confirmed; C{None} if nothing was retained. The fresh id keeps the
+        ids a connection receives increasing.
         """
 
     def subscriber_count(key: str) -> int:
@@ -182,15 +188,19 @@ class LocalHub:
         self._prepare = prepare
         self._subscribers: dict[str, dict[Hashable, Deliver]] = {}
         self._fanout: dict[str, tuple[Deliver, ...]] = {}
-        self._latest: dict[str, Update] = {}
+        self._latest: dict[str, tuple[dict, float]] = {}
 
-    def publish(self, channel: str, key: str, data: dict) -> Update:
+    def _update(self, key: str, body: dict, published_at: float) -> Update:
         number = self._ids.next()
+        payload = orjson.dumps({"id": f"msg_{number}", "type": "update", "data": body})
+        return Update(number, key, payload, self._prepare(payload), published_at)
+
+    def publish(self, channel: str, key: str, data: dict, retain: bool = True) -> Update:
         now = self._clock.seconds()
         body = {"channel": channel, **data, "timestamp": isoformat(now)}
-        payload = orjson.dumps({"id": f"msg_{number}", "type": "update", "data": body})
-        update = Update(number, key, payload, self._prepare(payload), now)
-        self._latest[key] = update
+        update = self._update(key, body, now)
+        if retain:
+            self._latest[key] = (body, now)
         fanout = self._fanout.get(key)
         if fanout is None:
             subscribers = self._subscribers.get(key)
@@ -215,8 +225,11 @@ class LocalHub:
             if not subscribers:
                 del self._subscribers[key]
 
-    def latest(self, key: str) -> Update | None:
-        return self._latest.get(key)
+    def snapshot(self, key: str) -> Update | None:
+        latest = self._latest.get(key)
+        if latest is None:
+            return None
+        return self._update(key, *latest)
 
     def subscriber_count(self, key: str) -> int:
         return len(self._subscribers.get(key, ()))

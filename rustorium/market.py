@@ -12,7 +12,6 @@ prices tick for tick, whatever the order of the markets.
 
 import math
 import random
-from collections import deque
 from collections.abc import Callable
 
 import attrs
@@ -25,54 +24,11 @@ from .catalog import Catalog, Market
 from .genesis import PRICE_DECIMALS
 from .hub import IHub, channel_key
 from .requests import MARKET_DATA, TOKEN_UPDATES
+from .rolling import DAY, RollingWindow
 
-DAY = 24 * 60 * 60.0
-BUCKET = 60.0
 DAILY_VOLATILITY = 0.05
 MIN_STEP_INTERVAL = 0.001
 """The tick interval assumed for volatility when ticks run every reactor turn."""
-
-
-class RollingWindow:
-    """
-    Traded volume and opening price over a trailing 24 h, in one-minute
-    buckets, so a tick costs O(1) however fast ticks come.
-    """
-
-    __slots__ = ("_buckets", "_volume")
-
-    def __init__(self) -> None:
-        # [bucket start, volume in the bucket, first price in the bucket]
-        self._buckets: deque[list] = deque()
-        self._volume = 0
-
-    def record(self, now: float, price: int, volume: int) -> None:
-        """
-        Record a tick's price and traded volume at time C{now}.
-        """
-        start = now - now % BUCKET
-        buckets = self._buckets
-        if not buckets or buckets[-1][0] != start:
-            buckets.append([start, 0, price])
-        buckets[-1][1] += volume
-        self._volume += volume
-        while buckets[0][0] <= now - DAY:
-            self._volume -= buckets.popleft()[1]
-
-    @property
-    def volume(self) -> int:
-        """
-        The volume over the trailing 24 h.
-        """
-        return self._volume
-
-    @property
-    def opening_price(self) -> int:
-        """
-        The oldest price within the trailing 24 h (the first one recorded
-        while less than 24 h of history exist).
-        """
-        return self._buckets[0][2]
 
 
 def percent_change(price: int, reference: int) -> str:
@@ -134,13 +90,13 @@ class MarketSimulator:
             rng = state.rng
             state.price = max(1, round(state.price * math.exp(rng.gauss(0.0, sigma))))
             traded = rng.randrange(0, 1000)
-            state.window.record(now, state.price, traded)
+            state.window.record(now, traded, state.price)
             quotes.append(
                 Quote(
                     state.market,
                     state.price,
-                    percent_change(state.price, state.window.opening_price),
-                    state.window.volume,
+                    percent_change(state.price, state.window.opening_value),
+                    state.window.total,
                 )
             )
         return quotes

@@ -3,7 +3,15 @@ Per-connection rate limiting: a token bucket refilled lazily from the
 reactor's clock, so it needs no timer and is tested with C{task.Clock}.
 """
 
+import math
 from collections.abc import Callable
+
+_TOLERANCE = 1e-4
+"""
+Tokens forgiven to float rounding: at today's epoch seconds a clock
+reading is only accurate to about 2e-7 s, so a client that waits exactly
+C{retry_after} could otherwise find the bucket a hair short.
+"""
 
 
 class TokenBucket:
@@ -32,8 +40,8 @@ class TokenBucket:
         """
         Take a token if there is one.
         """
-        if self._refill() >= 1.0:
-            self._tokens -= 1.0
+        if self._refill() >= 1.0 - _TOLERANCE:
+            self._tokens = max(0.0, self._tokens - 1.0)
             return True
         return False
 
@@ -45,9 +53,10 @@ class TokenBucket:
 
     def retry_after(self) -> float:
         """
-        Seconds until a token will be available (0 if one is now).
+        Seconds until a token will be available (0 if one is now), rounded
+        up to the millisecond.
         """
-        return max(0.0, (1.0 - self._refill()) / self._rate)
+        return max(0.0, math.ceil((1.0 - self._refill()) / self._rate * 1000) / 1000)
 
 
 class FloodWindow:

@@ -4,7 +4,7 @@ knows about WebSocket.
 """
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -14,6 +14,7 @@ from .config import Settings
 from .hub import IHub
 
 if TYPE_CHECKING:
+    from .ledger import Ledger
     from .session import Session
 
 
@@ -63,8 +64,6 @@ class Server:
 
     @ivar ready: whether the service has started; handshakes are refused
         with 503 until it has.
-    @ivar token_volume: the trailing 24 h confirmed transfer volume of a
-        token, in base units (zero until the ledger provides it).
     """
 
     def __init__(
@@ -74,13 +73,14 @@ class Server:
         hub: IHub,
         catalog: Catalog,
         keys: KeyStore,
+        ledger: "Ledger",
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.hub = hub
         self.catalog = catalog
         self.keys = keys
+        self.ledger = ledger
         self.sessions = SessionRegistry()
         self.version = __version__
         self.ready = False
-        self.token_volume: Callable[[str], int] = lambda token_id: 0

@@ -25,10 +25,12 @@ from twisted.logger import Logger
 from .apikeys import KeyStore, RevocationService
 from .bootstrap import MESSAGE_ID_BLOCK, prepare_database, reserve_message_ids
 from .catalog import Catalog
+from .chain import ChainService
 from .closecodes import CloseCode
 from .config import Settings
 from .heartbeat import HeartbeatService
 from .hub import LocalHub, MessageIds
+from .ledger import DatabaseLedgerStore, Ledger
 from .market import MarketService
 from .server import Server
 from .storage import Database, engine_from_url
@@ -49,6 +51,27 @@ def with_backlog(endpoint: str, backlog: int) -> str:
     if _BACKLOG_ENDPOINTS.match(endpoint) and "backlog=" not in endpoint:
         return f"{endpoint}:backlog={backlog}"
     return endpoint
+
+
+_PORT = re.compile(r"(?:port=)?(\d+)\Z")
+
+
+def connect_url(endpoint: str) -> str:
+    """
+    The URL clients use for a listening endpoint string, for log lines:
+    C{tcp:8765:interface=127.0.0.1} gives C{ws://127.0.0.1:8765/v1}.
+    """
+    kind, _, rest = endpoint.partition(":")
+    port, host = "PORT", "HOST"
+    for part in re.split(r"(?<!\\):", rest):
+        if part.startswith("interface="):
+            value = part[len("interface="):].replace("\\", "")
+            if value not in ("0.0.0.0", "::", ""):
+                host = f"[{value}]" if ":" in value else value
+        elif _PORT.match(part):
+            port = _PORT.match(part).group(1)
+    scheme = "wss" if kind.lower() == "ssl" else "ws"
+    return f"{scheme}://{host}:{port}/v1"
 
 
 class _DatabaseService(Service):
@@ -90,12 +113,19 @@ class RustoriumService(MultiService):
         )
         hub = LocalHub(reactor, ids, prepare_frame)
         catalog = Catalog(prepared.tokens)
-        self.server = server = Server(settings, reactor, hub, catalog, KeyStore(database))
+        ledger = Ledger(
+            catalog, DatabaseLedgerStore(database), hub, reactor, prepared.ledger,
+            commit_batch=settings.commit_batch,
+        )
+        self.server = server = Server(
+            settings, reactor, hub, catalog, KeyStore(database), ledger
+        )
 
         MarketService(
             catalog, hub, reactor, settings.tick_interval, settings.market_seed,
-            lambda token_id: server.token_volume(token_id),
+            ledger.volume_24h,
         ).setServiceParent(self)
+        ChainService(ledger, settings.block_interval, reactor).setServiceParent(self)
         HeartbeatService(server, reactor, prepare_frame).setServiceParent(self)
         RevocationService(
             settings.key_check_interval, server.keys, lambda: list(server.sessions), reactor
@@ -122,10 +152,11 @@ class RustoriumService(MultiService):
         super().startService()
         self.server.ready = True
         if self.demo_key is not None:
+            url = connect_url(self.settings.listen[0]) if self.settings.listen else "URL"
             log.info(
                 "Created the demo API key (shown only now): {demo_key}\n"
-                "Connect with ws://HOST:PORT/v1?api_key={demo_key}",
-                demo_key=self.demo_key,
+                "\tConnect with {url}?api_key={demo_key}",
+                demo_key=self.demo_key, url=url,
             )
 
     def stopService(self) -> Any:

@@ -29,13 +29,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from .amounts import format_units
 from .closecodes import CloseCode
 from .errors import ErrorCode, RequestError
 from .hub import Update
+from .ledger import describe_transaction
 from .ratelimit import FloodWindow, TokenBucket
 from .requests import (
     Envelope,
+    ExecuteTransaction,
+    GetBalance,
     GetTokenInfo,
+    GetTransaction,
     HeartbeatResponse,
     ListSubscriptions,
     Ping,
@@ -293,9 +298,9 @@ class Session:
     def _send_current_state(self, subscription: Subscription) -> None:
         hub = self._server.hub
         for key in subscription.keys:
-            latest = hub.latest(key)
-            if latest is not None:
-                self.connection.deliver(latest)
+            snapshot = hub.snapshot(key)
+            if snapshot is not None:
+                self.connection.deliver(snapshot)
 
     def _unsubscribe(self, request_id: object, request: Unsubscribe) -> None:
         subscription = self._subscriptions.pop(request.subscription_id, None)
@@ -336,6 +341,43 @@ class Session:
             raise RequestError(ErrorCode.NOT_FOUND, f"no token {request.token_id}")
         self.reply(request_id, "token_info", token.info())
 
+    def _execute_transaction(self, request_id: object, request: ExecuteTransaction) -> Deferred:
+        d = self._server.ledger.submit(self.api_key, request)
+        d.addCallback(
+            lambda row: self.reply(
+                request_id,
+                "transaction_response",
+                {"transaction_id": row.transaction_id, "status": row.status},
+            )
+        )
+        return d
+
+    def _get_balance(self, request_id: object, request: GetBalance) -> None:
+        ledger = self._server.ledger
+        token = ledger.token(request.token_id)
+        confirmed, available = ledger.balance(request.address, request.token_id)
+        self.reply(
+            request_id,
+            "balance",
+            {
+                "address": request.address,
+                "token_id": request.token_id,
+                "balance": format_units(confirmed, token.decimals),
+                "available": format_units(available, token.decimals),
+            },
+        )
+
+    def _get_transaction(self, request_id: object, request: GetTransaction) -> Deferred:
+        ledger = self._server.ledger
+
+        def found(row):
+            if row is None:
+                raise RequestError(ErrorCode.NOT_FOUND, f"no transaction {request.transaction_id}")
+            token = ledger.token(row.token_id)
+            self.reply(request_id, "transaction", describe_transaction(row, token))
+
+        return ledger.find(request.transaction_id).addCallback(found)
+
     def _ping(self, request_id: object, request: Ping) -> None:
         self.reply(request_id, "pong", {"timestamp": isoformat(self._server.clock.seconds())})
 
@@ -375,8 +417,8 @@ class Session:
         if self.state is not SessionState.FRESH:
             raise RequestError(
                 ErrorCode.INVALID_REQUEST,
-                "reconnect must come before any subscribe on a connection; "
-                "open a new connection to resume subscriptions",
+                "reconnect must be the first subscribe or reconnect on a connection, "
+                "and this one already has one; open a new connection to resume",
             )
         self.state = SessionState.ACTIVE
         self.reply(
@@ -396,6 +438,9 @@ class Session:
         Unsubscribe: _unsubscribe,
         ListSubscriptions: _list_subscriptions,
         GetTokenInfo: _get_token_info,
+        ExecuteTransaction: _execute_transaction,
+        GetBalance: _get_balance,
+        GetTransaction: _get_transaction,
         Ping: _ping,
         ServerInfo: _server_info,
         HeartbeatResponse: _heartbeat_response,

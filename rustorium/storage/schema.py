@@ -1,10 +1,12 @@
 """
 Creating and upgrading the database schema.
 
-``schema/v<N>.sql`` creates the whole schema at version N;
-``schema/upgrade-<N>-to-<N+1>.sql`` upgrades one step. Each script runs in one
-transaction, so a failed upgrade leaves the database as it was, and an SQLite
-file is copied aside before its first upgrade step.
+``schema/v1.sql`` creates the first schema; ``schema/upgrade-<N>-to-<N+1>.sql``
+upgrades one step. An empty database gets the first schema and every upgrade
+in one transaction, so new and upgraded databases are made by the same
+statements. Each upgrade of an existing database runs in one transaction, so
+a failed one leaves the database as it was, and the file is copied aside
+before the first step.
 """
 
 import sqlite3
@@ -12,7 +14,7 @@ from importlib import resources
 
 from twisted.logger import Logger
 
-LATEST_VERSION = 1
+LATEST_VERSION = 2
 
 log = Logger()
 
@@ -62,7 +64,9 @@ def prepare_schema(
     """
     found = current_version(connection)
     if found is None:
-        _run_script(connection, _script(f"v{latest}.sql"))
+        scripts = [_script("v1.sql")]
+        scripts += [_script(f"upgrade-{v}-to-{v + 1}.sql") for v in range(1, latest)]
+        _run_script(connection, "\n".join(scripts))
         return None, latest
     if found > latest:
         raise SchemaError(

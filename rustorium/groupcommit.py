@@ -1,0 +1,73 @@
+"""
+Group commit: accepted transactions from many connections share one
+database commit instead of paying one sync each.
+
+While a commit is in flight, newly accepted rows queue; when it completes,
+everything queued (up to a batch size) goes in the next commit. Under light
+load every row is committed alone and at once; under heavy load batches
+grow by themselves. Nobody's Deferred fires before the commit holding their
+row has completed, so "on disk before the response" holds for every row.
+"""
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from twisted.internet.defer import Deferred, maybeDeferred
+
+Row = TypeVar("Row")
+
+
+class GroupCommit(Generic[Row]):
+    """
+    Batches rows into calls of C{write(rows)}, one at a time.
+    """
+
+    def __init__(self, write: Callable[[list[Row]], Any], max_batch: int) -> None:
+        """
+        @param write: stores a list of rows durably; returns a Deferred that
+            fires once they are committed.
+        @param max_batch: the most rows in one commit.
+        """
+        self._write = write
+        self._max_batch = max_batch
+        self._queue: list[tuple[Row, Deferred[None]]] = []
+        self._writing = False
+        self.commits = 0
+
+    def add(self, row: Row) -> "Deferred[None]":
+        """
+        Queue a row; the Deferred fires once it is committed, or fails with
+        the reason it could not be.
+        """
+        d: Deferred[None] = Deferred()
+        self._queue.append((row, d))
+        if not self._writing:
+            self._flush()
+        return d
+
+    @property
+    def queued(self) -> int:
+        """
+        Rows waiting for the next commit.
+        """
+        return len(self._queue)
+
+    def _flush(self) -> None:
+        batch = self._queue[: self._max_batch]
+        del self._queue[: self._max_batch]
+        self._writing = True
+        self.commits += 1
+        written = maybeDeferred(self._write, [row for row, _ in batch])
+        written.addBoth(self._written, batch)
+
+    def _written(self, result: object, batch: list[tuple[Row, Deferred[None]]]) -> None:
+        self._writing = False
+        # Start the next commit before resolving this one, so rows accepted
+        # by the callbacks below queue behind it.
+        if self._queue:
+            self._flush()
+        for _, d in batch:
+            if isinstance(result, Exception) or hasattr(result, "raiseException"):
+                d.errback(result)
+            else:
+                d.callback(None)

@@ -1,0 +1,423 @@
+"""
+The ledger: balances and transactions, the part that must never be wrong.
+
+State lives in memory and every change is written through to the database
+before it counts:
+
+- C{confirmed} balances change only when a block holding the transaction
+  has been committed;
+- C{pending outflows} are reserved the moment a transaction is accepted, so
+  the available balance (confirmed minus pending outflows) can never be
+  spent twice, however many commands race for one address; everything runs
+  in the reactor thread, so the check and the reservation are one step;
+- an accepted transaction is answered only once the group commit holding
+  it is on disk; if that commit fails, the reservation is released and the
+  client gets C{internal_error}: nothing unanswered is kept, nothing
+  answered is lost.
+
+Blocks confirm pending transactions in submission order. Idempotency keys
+(per API key, for 24 hours) return the first transaction for a repeat with
+the same parameters and an error for a repeat with different ones.
+"""
+
+import secrets
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from .amounts import AmountError, format_units, parse_units
+from .catalog import Catalog, Token
+from .errors import ErrorCode, RequestError
+from .groupcommit import GroupCommit
+from .hub import IHub, channel_key
+from .requests import TRANSACTION_UPDATES, ExecuteTransaction
+from .rolling import DAY, RollingWindow
+from .storage import Database
+from .storage.keys import ApiKey
+from .storage.ledger import (
+    LedgerSnapshot,
+    TransactionRow,
+    find_transaction,
+    insert_transactions,
+    write_block,
+)
+from .timestamps import isoformat
+
+PENDING = "pending"
+CONFIRMED = "confirmed"
+FAILED = "failed"
+
+IDEMPOTENCY_WINDOW = DAY
+"""How long an idempotency key is remembered."""
+
+
+class ILedgerStore(Interface):
+    """
+    Where the ledger writes; each call runs in one database transaction.
+    """
+
+    def insert(rows: list[TransactionRow]) -> Deferred:
+        """
+        Store accepted transactions durably.
+        """
+
+    def write_block(
+        number: int,
+        timestamp: float,
+        outcomes: list[tuple[str, str, str | None]],
+        balances: dict[tuple[str, str], int],
+    ) -> Deferred:
+        """
+        Store a block: outcomes and the new balances of the addresses it
+        touched.
+        """
+
+    def find(transaction_id: str) -> Deferred:
+        """
+        Read one transaction, or C{None}.
+        """
+
+
+@implementer(ILedgerStore)
+class DatabaseLedgerStore:
+    """
+    The ledger's store on the server's database.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def insert(self, rows):
+        return self._database.run(insert_transactions, rows)
+
+    def write_block(self, number, timestamp, outcomes, balances):
+        return self._database.run(write_block, number, timestamp, outcomes, balances)
+
+    def find(self, transaction_id):
+        return self._database.run(find_transaction, transaction_id)
+
+
+def new_transaction_id() -> str:
+    """
+    A fresh transaction id: C{0x} and 64 hex digits.
+    """
+    return "0x" + secrets.token_hex(32)
+
+
+@attrs.define
+class _Idempotent:
+    """
+    What an idempotency key was first used for.
+
+    @ivar waiting: Deferreds of repeats that arrived before the first was
+        committed; C{None} once it was.
+    """
+
+    parameters: tuple
+    transaction: TransactionRow
+    waiting: list[Deferred] | None = attrs.Factory(list)
+
+
+class Ledger:
+    """
+    Balances, pending transactions and blocks.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: ILedgerStore,
+        hub: IHub,
+        clock: Any,
+        snapshot: LedgerSnapshot,
+        commit_batch: int = 1000,
+        block_size: int = 10_000,
+    ) -> None:
+        self._catalog = catalog
+        self._store = store
+        self._hub = hub
+        self._clock = clock
+        self._block_size = block_size
+        self._confirmed: dict[tuple[str, str], int] = dict(snapshot.balances)
+        self._pending_out: dict[tuple[str, str], int] = {}
+        self._pending: list[TransactionRow] = []
+        self._idempotent: dict[tuple[int, str], _Idempotent] = {}
+        self._volume: dict[str, RollingWindow] = {t: RollingWindow() for t in catalog.tokens}
+        self._last_seq = snapshot.last_seq
+        self.last_block = snapshot.last_block
+        self._block_in_progress = False
+        self._committer: GroupCommit[TransactionRow] = GroupCommit(store.insert, commit_batch)
+        for row in snapshot.pending:
+            self._reserve(row)
+            self._pending.append(row)
+        for row in snapshot.recent:
+            self._idempotent[row.key_id, row.idempotency_key] = _Idempotent(
+                _parameters(row), row, None
+            )
+        for at, token_id, amount in snapshot.confirmed_volume:
+            if token_id in self._volume:
+                self._volume[token_id].record(at, amount)
+
+    # Queries
+
+    def balance(self, address: str, token_id: str) -> tuple[int, int]:
+        """
+        The confirmed and the available balance, in base units.
+        """
+        key = (address, token_id)
+        confirmed = self._confirmed.get(key, 0)
+        return confirmed, confirmed - self._pending_out.get(key, 0)
+
+    def volume_24h(self, token_id: str) -> int:
+        """
+        Confirmed transfer volume of a token over the trailing 24 h.
+        """
+        window = self._volume.get(token_id)
+        if window is None:
+            return 0
+        window.expire(self._clock.seconds())
+        return window.total
+
+    def token(self, token_id: str) -> Token:
+        """
+        @raise RequestError: C{not_found} for an unknown token.
+        """
+        token = self._catalog.tokens.get(token_id)
+        if token is None:
+            raise RequestError(ErrorCode.NOT_FOUND, f"no token {token_id}")
+        return token
+
+    def find(self, transaction_id: str) -> "Deferred[TransactionRow | None]":
+        """
+        A transaction by id (as committed).
+        """
+        return self._store.find(transaction_id)
+
+    @property
+    def pending_count(self) -> int:
+        """
+        Accepted transactions not yet in a block.
+        """
+        return len(self._pending) + self._committer.queued
+
+    # Commands
+
+    def submit(self, api_key: ApiKey, request: ExecuteTransaction) -> "Deferred[TransactionRow]":
+        """
+        Validate and accept a transfer. Fires with the transaction once it
+        is committed to disk.
+
+        @raise RequestError: at once, for a request that is refused.
+        """
+        token = self.token(request.token_id)
+        try:
+            amount = parse_units(request.amount, token.decimals)
+        except AmountError as e:
+            raise RequestError(ErrorCode.INVALID_PARAMS, f"execute_transaction: {e}") from None
+        if amount == 0:
+            raise RequestError(ErrorCode.INVALID_PARAMS,
+                               "execute_transaction: amount must be more than zero")
+        if request.sender == request.recipient:
+            raise RequestError(ErrorCode.INVALID_PARAMS,
+                               "execute_transaction: from and to are the same address")
+        if request.sender not in api_key.addresses:
+            raise RequestError(
+                ErrorCode.FORBIDDEN,
+                f"this API key may not send from {request.sender}",
+            )
+        parameters = (request.sender, request.recipient, request.token_id, amount)
+        if request.idempotency_key is not None:
+            repeat = self._repeat(api_key.key_id, request.idempotency_key, parameters)
+            if repeat is not None:
+                return repeat
+        _, available = self.balance(request.sender, request.token_id)
+        if available < amount:
+            raise RequestError(
+                ErrorCode.INSUFFICIENT_FUNDS,
+                f"the available balance of {request.sender} is "
+                f"{format_units(available, token.decimals)} {token.symbol}, less than "
+                f"{format_units(amount, token.decimals)}",
+            )
+        self._last_seq += 1
+        row = TransactionRow(
+            self._last_seq, new_transaction_id(), request.sender, request.recipient,
+            request.token_id, amount, PENDING, api_key.key_id, request.idempotency_key,
+            self._clock.seconds(),
+        )
+        self._reserve(row)
+        entry = None
+        if request.idempotency_key is not None:
+            entry = self._idempotent[api_key.key_id, request.idempotency_key] = _Idempotent(
+                parameters, row
+            )
+        d = self._committer.add(row)
+        d.addCallbacks(self._accepted, self._not_accepted, (row, entry), None, (row, entry))
+        return d
+
+    def _repeat(self, key_id: int, idempotency_key: str, parameters: tuple) -> Deferred | None:
+        entry = self._idempotent.get((key_id, idempotency_key))
+        if entry is None:
+            return None
+        if entry.transaction.submitted_at < self._clock.seconds() - IDEMPOTENCY_WINDOW:
+            del self._idempotent[key_id, idempotency_key]
+            return None
+        if entry.parameters != parameters:
+            raise RequestError(
+                ErrorCode.INVALID_PARAMS,
+                f"idempotency_key {idempotency_key!r} was already used for transaction "
+                f"{entry.transaction.transaction_id} with other parameters",
+            )
+        if entry.waiting is None:
+            return succeed(entry.transaction)
+        d: Deferred[TransactionRow] = Deferred()
+        entry.waiting.append(d)
+        return d
+
+    def _reserve(self, row: TransactionRow) -> None:
+        key = (row.sender, row.token_id)
+        self._pending_out[key] = self._pending_out.get(key, 0) + row.amount
+
+    def _release(self, row: TransactionRow) -> None:
+        key = (row.sender, row.token_id)
+        left = self._pending_out[key] - row.amount
+        if left:
+            self._pending_out[key] = left
+        else:
+            del self._pending_out[key]
+
+    def _accepted(self, _: None, row: TransactionRow, entry: _Idempotent | None):
+        self._pending.append(row)
+        self._publish(row)
+        if entry is not None:
+            waiting, entry.waiting = entry.waiting, None
+            for d in waiting:
+                d.callback(row)
+        return row
+
+    def _not_accepted(self, failure: Failure, row: TransactionRow, entry: _Idempotent | None):
+        self.log.failure("Storing transaction {id} failed; it was not accepted", failure,
+                         id=row.transaction_id)
+        self._release(row)
+        error = RequestError(
+            ErrorCode.INTERNAL_ERROR,
+            "the transaction could not be stored and was not accepted; send it again",
+        )
+        if entry is not None:
+            del self._idempotent[row.key_id, row.idempotency_key]
+            for d in entry.waiting:
+                d.errback(error)
+        raise error
+
+    # Blocks
+
+    def produce_block(self) -> "Deferred[int | None]":
+        """
+        Confirm pending transactions in submission order in one database
+        transaction; fires with the new block number, or C{None} if there
+        was nothing to confirm or a block is already being written.
+        """
+        if self._block_in_progress or not self._pending:
+            return succeed(None)
+        batch = self._pending[: self._block_size]
+        number = self.last_block + 1
+        now = self._clock.seconds()
+        balances: dict[tuple[str, str], int] = {}
+        outcomes: list[tuple[str, str, str | None]] = []
+        for row in batch:
+            source = (row.sender, row.token_id)
+            have = balances.get(source, self._confirmed.get(source, 0))
+            if have < row.amount:
+                # Cannot happen while reservations hold; kept as a guard.
+                outcomes.append((row.transaction_id, FAILED, "insufficient confirmed balance"))
+                continue
+            target = (row.recipient, row.token_id)
+            balances[source] = have - row.amount
+            balances[target] = balances.get(target, self._confirmed.get(target, 0)) + row.amount
+            outcomes.append((row.transaction_id, CONFIRMED, None))
+        self._block_in_progress = True
+        d = self._store.write_block(number, now, outcomes, balances)
+        d.addCallbacks(
+            self._block_written, self._block_failed,
+            (number, now, batch, outcomes, balances), None, (number,),
+        )
+        return d
+
+    def _block_written(self, _, number, now, batch, outcomes, balances) -> int:
+        self._block_in_progress = False
+        self.last_block = number
+        del self._pending[: len(batch)]
+        self._confirmed.update(balances)
+        for row, (_, status, reason) in zip(batch, outcomes, strict=True):
+            self._release(row)
+            row.status = status
+            row.reason = reason
+            row.block_number = number
+            row.confirmed_at = now
+            if status == CONFIRMED:
+                self._volume[row.token_id].record(now, row.amount)
+            self._publish(row)
+        self._forget_old_keys(now)
+        return number
+
+    def _block_failed(self, failure: Failure, number: int) -> None:
+        self._block_in_progress = False
+        self.log.failure("Writing block {number} failed; its transactions stay pending",
+                         failure, number=number)
+
+    def _forget_old_keys(self, now: float) -> None:
+        horizon = now - IDEMPOTENCY_WINDOW
+        old = [k for k, e in self._idempotent.items()
+               if e.waiting is None and e.transaction.submitted_at < horizon]
+        for key in old:
+            del self._idempotent[key]
+
+    def _publish(self, row: TransactionRow) -> None:
+        token = self._catalog.tokens[row.token_id]
+        data: dict[str, object] = {
+            "transaction_id": row.transaction_id,
+            "status": row.status,
+            "from": row.sender,
+            "to": row.recipient,
+            "amount": format_units(row.amount, token.decimals),
+            "token_id": row.token_id,
+        }
+        if row.block_number is not None:
+            data["block_number"] = row.block_number
+        if row.reason is not None:
+            data["reason"] = row.reason
+        for address in (row.sender, row.recipient):
+            self._hub.publish(
+                TRANSACTION_UPDATES, channel_key(TRANSACTION_UPDATES, address), data,
+                retain=False,
+            )
+
+
+def describe_transaction(row: TransactionRow, token: Token) -> dict[str, object]:
+    """
+    The C{data} of a C{transaction} reply.
+    """
+    data: dict[str, object] = {
+        "transaction_id": row.transaction_id,
+        "from": row.sender,
+        "to": row.recipient,
+        "amount": format_units(row.amount, token.decimals),
+        "token_id": row.token_id,
+        "status": row.status,
+        "block_number": row.block_number,
+        "timestamp": isoformat(row.submitted_at),
+    }
+    if row.reason is not None:
+        data["reason"] = row.reason
+    return data
+
+
+def _parameters(row: TransactionRow) -> tuple:
+    return (row.sender, row.recipient, row.token_id, row.amount)
+
+

@@ -1,0 +1,141 @@
+"""
+Ledger rows: transactions, blocks and confirmed balances.
+
+The running ledger keeps its state in memory and writes through these
+functions; on start it reads it back with L{load_ledger}.
+"""
+
+import attrs
+
+
+@attrs.define(slots=True)
+class TransactionRow:
+    """
+    A transaction, as stored and as the ledger holds it in memory (where a
+    block changes its status in place). C{amount} is in base units; times
+    are POSIX seconds.
+    """
+
+    seq: int
+    transaction_id: str
+    sender: str
+    recipient: str
+    token_id: str
+    amount: int
+    status: str
+    key_id: int
+    idempotency_key: str | None
+    submitted_at: float
+    reason: str | None = None
+    block_number: int | None = None
+    confirmed_at: float | None = None
+
+
+@attrs.frozen
+class LedgerSnapshot:
+    """
+    What the ledger needs in memory, read at start.
+
+    @ivar balances: confirmed balances by (address, token id).
+    @ivar pending: pending transactions in submission order.
+    @ivar recent: transactions with an idempotency key submitted since the
+        given time, for deduplicating retries.
+    @ivar confirmed_volume: (confirmed at, token id, amount) of transactions
+        confirmed since the given time, for the 24 h volume.
+    """
+
+    balances: dict[tuple[str, str], int]
+    pending: list[TransactionRow]
+    recent: list[TransactionRow]
+    confirmed_volume: list[tuple[float, str, int]]
+    last_seq: int
+    last_block: int
+
+
+_COLUMNS = (
+    "seq, transaction_id, sender, recipient, token_id, amount, status, key_id, "
+    "idempotency_key, submitted_at, reason, block_number, confirmed_at"
+)
+
+
+def _row(values) -> TransactionRow:
+    (seq, transaction_id, sender, recipient, token_id, amount, status, key_id,
+     idempotency_key, submitted_at, reason, block_number, confirmed_at) = values
+    return TransactionRow(seq, transaction_id, sender, recipient, token_id, int(amount), status,
+                          key_id, idempotency_key, submitted_at, reason, block_number,
+                          confirmed_at)
+
+
+def insert_transactions(txn, rows: list[TransactionRow]) -> None:
+    """
+    Store newly accepted transactions, all in the caller's transaction.
+    """
+    txn.executemany(
+        f"INSERT INTO transactions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(r.seq, r.transaction_id, r.sender, r.recipient, r.token_id, str(r.amount), r.status,
+          r.key_id, r.idempotency_key, r.submitted_at, r.reason, r.block_number, r.confirmed_at)
+         for r in rows],
+    )
+
+
+def write_block(
+    txn,
+    block_number: int,
+    timestamp: float,
+    outcomes: list[tuple[str, str, str | None]],
+    balances: dict[tuple[str, str], int],
+) -> None:
+    """
+    Record a block: each transaction's outcome (id, status, reason), the new
+    balances of every address it touched, and the block itself.
+    """
+    txn.executemany(
+        "UPDATE transactions SET status = ?, reason = ?, block_number = ?, confirmed_at = ? "
+        "WHERE transaction_id = ? AND status = 'pending'",
+        [(status, reason, block_number, timestamp, transaction_id)
+         for transaction_id, status, reason in outcomes],
+    )
+    txn.executemany(
+        "INSERT INTO balances (address, token_id, amount) VALUES (?, ?, ?) "
+        "ON CONFLICT (address, token_id) DO UPDATE SET amount = excluded.amount",
+        [(address, token_id, str(amount)) for (address, token_id), amount in balances.items()],
+    )
+    txn.execute(
+        "INSERT INTO blocks (block_number, timestamp, transaction_count) VALUES (?, ?, ?)",
+        (block_number, timestamp, len(outcomes)),
+    )
+
+
+def find_transaction(txn, transaction_id: str) -> TransactionRow | None:
+    txn.execute(f"SELECT {_COLUMNS} FROM transactions WHERE transaction_id = ?",
+                (transaction_id,))
+    row = txn.fetchone()
+    return None if row is None else _row(row)
+
+
+def load_ledger(txn, since: float) -> LedgerSnapshot:
+    """
+    Read the ledger's state; C{since} bounds the idempotency keys and the
+    confirmed volume read (the trailing 24 h).
+    """
+    txn.execute("SELECT address, token_id, amount FROM balances")
+    balances = {(address, token_id): int(amount) for address, token_id, amount in txn.fetchall()}
+    txn.execute(f"SELECT {_COLUMNS} FROM transactions WHERE status = 'pending' ORDER BY seq")
+    pending = [_row(r) for r in txn.fetchall()]
+    txn.execute(
+        f"SELECT {_COLUMNS} FROM transactions "
+        "WHERE idempotency_key IS NOT NULL AND submitted_at >= ? ORDER BY seq",
+        (since,),
+    )
+    recent = [_row(r) for r in txn.fetchall()]
+    txn.execute(
+        "SELECT confirmed_at, token_id, amount FROM transactions "
+        "WHERE status = 'confirmed' AND confirmed_at >= ? ORDER BY confirmed_at",
+        (since,),
+    )
+    volume = [(at, token_id, int(amount)) for at, token_id, amount in txn.fetchall()]
+    txn.execute("SELECT COALESCE(MAX(seq), 0) FROM transactions")
+    (last_seq,) = txn.fetchone()
+    txn.execute("SELECT COALESCE(MAX(block_number), 0) FROM blocks")
+    (last_block,) = txn.fetchone()
+    return LedgerSnapshot(balances, pending, recent, volume, last_seq, last_block)

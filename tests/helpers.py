@@ -1,0 +1,187 @@
+"""
+Test doubles and builders shared by the unit tests.
+"""
+
+from typing import Any
+
+import attrs
+import orjson
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from rustorium.catalog import Catalog
+from rustorium.config import Settings
+from rustorium.genesis import demo_genesis
+from rustorium.hub import LocalHub, MessageIds, Update
+from rustorium.ledger import ILedgerStore, Ledger
+from rustorium.server import Server
+from rustorium.session import IConnection, Session
+from rustorium.storage.chain import TokenRow
+from rustorium.storage.keys import ApiKey
+from rustorium.storage.ledger import LedgerSnapshot, TransactionRow
+
+DEMO = demo_genesis()
+MTK = DEMO.tokens[0]
+STK = DEMO.tokens[1]
+ALICE = "0xa11ce00000000000000000000000000000000001"
+BOB = "0xb0b0000000000000000000000000000000000002"
+KEY = ApiKey(1, "test", frozenset({ALICE}), "2026-01-01T00:00:00.000000Z")
+
+
+def demo_catalog() -> Catalog:
+    return Catalog(
+        [TokenRow(t.token_id, t.name, t.symbol, t.decimals, t.total_supply, t.price)
+         for t in DEMO.tokens]
+    )
+
+
+class FakeKeyStore:
+    """
+    Keys held in a dict, answered at once.
+    """
+
+    def __init__(self, keys: dict[str, ApiKey] | None = None) -> None:
+        self.keys = dict(keys or {})
+        self.revoked: set[int] = set()
+
+    def authenticate(self, key):
+        found = self.keys.get(key)
+        return succeed(None if found is None or found.key_id in self.revoked else found)
+
+    def revoked_among(self, key_ids):
+        return succeed({k for k in key_ids if k in self.revoked})
+
+
+@implementer(ILedgerStore)
+class MemoryLedgerStore:
+    """
+    A ledger store in memory. Writes complete at once, or, with C{hold},
+    wait until the test fires them (C{release}) or fails them (C{fail}).
+    """
+
+    def __init__(self) -> None:
+        self.transactions: dict[str, TransactionRow] = {}
+        self.blocks: list[tuple[int, float, list, dict]] = []
+        self.balances: dict[tuple[str, str], int] = {}
+        self.commits: list[list[TransactionRow]] = []
+        self.hold = False
+        self.held: list[tuple[Deferred, Any]] = []
+
+    def _write(self, apply) -> Deferred:
+        if not self.hold:
+            apply()
+            return succeed(None)
+        d: Deferred = Deferred()
+        self.held.append((d, apply))
+        return d
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for d, apply in held:
+            apply()
+            d.callback(None)
+
+    def fail(self) -> None:
+        held, self.held = self.held, []
+        for d, _ in held:
+            d.errback(OSError("disk I/O error"))
+
+    def insert(self, rows):
+        def apply():
+            self.commits.append([attrs.evolve(r) for r in rows])
+            for row in rows:
+                self.transactions[row.transaction_id] = attrs.evolve(row)
+
+        return self._write(apply)
+
+    def write_block(self, number, timestamp, outcomes, balances):
+        def apply():
+            self.blocks.append((number, timestamp, outcomes, dict(balances)))
+            self.balances.update(balances)
+            for transaction_id, status, reason in outcomes:
+                row = self.transactions[transaction_id]
+                row.status, row.reason = status, reason
+                row.block_number, row.confirmed_at = number, timestamp
+
+        return self._write(apply)
+
+    def find(self, transaction_id):
+        row = self.transactions.get(transaction_id)
+        return succeed(None if row is None else attrs.evolve(row))
+
+
+def genesis_snapshot() -> LedgerSnapshot:
+    """
+    The ledger state right after the demo genesis.
+    """
+    balances = {(a, t.token_id): amount for t in DEMO.tokens for a, amount in t.balances.items()}
+    return LedgerSnapshot(balances, [], [], [], 0, 0)
+
+
+def make_server(
+    clock: Any, prepare: Any = None, store: MemoryLedgerStore | None = None, **settings: Any
+) -> Server:
+    """
+    A server on the demo catalog with an in-memory hub, key store and
+    ledger store.
+
+    @param prepare: the hub's framing function (by default the payload
+        itself stands for the frame).
+    """
+    ids = MessageIds(1, 10**9, 10**6)
+    hub = LocalHub(clock, ids) if prepare is None else LocalHub(clock, ids, prepare)
+    catalog = demo_catalog()
+    config = Settings(**settings)
+    ledger = Ledger(catalog, store or MemoryLedgerStore(), hub, clock, genesis_snapshot(),
+                    commit_batch=config.commit_batch)
+    server = Server(config, clock, hub, catalog, FakeKeyStore(), ledger)
+    server.ready = True
+    return server
+
+
+@implementer(IConnection)
+@attrs.define
+class FakeConnection:
+    """
+    Records what a session sends: decoded replies, delivered updates (also
+    decoded, in C{messages} in arrival order), frames and the close.
+    """
+
+    peer: str = "tcp4:127.0.0.1:40000"
+    messages: list[dict] = attrs.Factory(list)
+    updates: list[Update] = attrs.Factory(list)
+    frames: list[Any] = attrs.Factory(list)
+    closed: tuple[int, str] | None = None
+
+    def send_payload(self, payload: bytes) -> None:
+        self.messages.append(orjson.loads(payload))
+
+    def deliver(self, update: Update) -> None:
+        self.updates.append(update)
+        self.messages.append(orjson.loads(update.payload))
+
+    def send_frame(self, frame: Any) -> None:
+        self.frames.append(frame)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def take(self) -> list[dict]:
+        """
+        The messages so far, forgetting them.
+        """
+        taken, self.messages = self.messages, []
+        return taken
+
+
+def open_session(server: Server, api_key: ApiKey = KEY) -> tuple[Session, FakeConnection]:
+    connection = FakeConnection()
+    return Session(connection, api_key, server), connection
+
+
+def send(session: Session, message: Any) -> None:
+    """
+    Send a message (a dict is encoded; bytes go as they are).
+    """
+    payload = message if isinstance(message, bytes) else orjson.dumps(message)
+    session.message_received(payload, False)

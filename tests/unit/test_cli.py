@@ -1,0 +1,51 @@
+"""
+The rustorium command: keys create, list, revoke.
+"""
+
+from rustorium.apikeys import hash_key
+from rustorium.cli import main
+from rustorium.storage import engine_from_url, run_blocking
+from rustorium.storage.keys import find_key
+
+ADDRESS = "0x" + "A" * 40
+
+
+def test_create_prints_key_last(tmp_path, capsys):
+    url = f"sqlite:{tmp_path / 'r.db'}"
+    assert main(["keys", "create", "--database", url, "--name", "bot",
+                 "--address", ADDRESS]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    key = lines[-1]
+    assert key.startswith("rk_")
+    found = run_blocking(engine_from_url(url), find_key, hash_key(key))
+    assert found.name == "bot"
+    assert found.addresses == frozenset({ADDRESS.lower()})
+
+
+def test_list_and_revoke(tmp_path, capsys):
+    url = f"sqlite:{tmp_path / 'r.db'}"
+    main(["keys", "create", "--database", url, "--name", "one"])
+    key = capsys.readouterr().out.splitlines()[-1]
+    assert main(["keys", "list", "--database", url]) == 0
+    listing = capsys.readouterr().out
+    assert "one" in listing and "active" in listing
+    assert key not in listing
+    assert main(["keys", "revoke", "--database", url, "1"]) == 0
+    capsys.readouterr()
+    main(["keys", "list", "--database", url])
+    assert "revoked" in capsys.readouterr().out
+    assert main(["keys", "revoke", "--database", url, "1"]) == 1
+
+
+def test_bad_address(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["keys", "create", "--database", f"sqlite:{tmp_path / 'r.db'}",
+              "--address", "alice"])
+    assert "not 0x followed by 40 hex digits" in capsys.readouterr().err
+
+
+def test_bad_database(capsys):
+    assert main(["keys", "list", "--database", "mysql:x"]) == 1
+    assert "unsupported scheme" in capsys.readouterr().err

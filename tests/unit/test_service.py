@@ -1,0 +1,34 @@
+"""
+Service wiring helpers.
+"""
+
+import pytest
+
+from rustorium.service import connect_url, with_backlog
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "url"),
+    [
+        ("tcp:8765:interface=127.0.0.1", "ws://127.0.0.1:8765/v1"),
+        ("tcp:8765", "ws://HOST:8765/v1"),
+        ("tcp:port=99:interface=\\:\\:1", "ws://[::1]:99/v1"),
+        ("ssl:8443:privateKey=k.pem:certKey=c.pem", "wss://HOST:8443/v1"),
+        ("unix:/run/rustorium.sock", "ws://HOST:PORT/v1"),
+    ],
+)
+def test_connect_url(endpoint, url):
+    assert connect_url(endpoint) == url
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("tcp:8765", "tcp:8765:backlog=4096"),
+        ("ssl:8443:privateKey=k.pem", "ssl:8443:privateKey=k.pem:backlog=4096"),
+        ("tcp:8765:backlog=10", "tcp:8765:backlog=10"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_with_backlog(endpoint, expected):
+    assert with_backlog(endpoint, 4096) == expected

@@ -1,0 +1,130 @@
+"""
+Storage: schema creation and upgrade, start-up preparation (genesis, the
+demo key, message id reservation) and API key rows.
+"""
+
+import os
+import sqlite3
+
+import pytest
+
+from rustorium.apikeys import hash_key
+from rustorium.bootstrap import MESSAGE_ID_BLOCK, prepare_database
+from rustorium.genesis import GenesisError
+from rustorium.storage import SchemaError, engine_from_url, run_blocking
+from rustorium.storage.keys import find_key, insert_key, list_keys, revoke_key, revoked_among
+from rustorium.storage.schema import current_version, prepare_schema
+
+
+@pytest.fixture
+def engine(tmp_path):
+    return engine_from_url(f"sqlite:{tmp_path / 'r.db'}")
+
+
+def test_pragmas(engine):
+    """
+    Connections use WAL, fully synchronous commits and foreign keys.
+    """
+    connection = engine.connect()
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert connection.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    connection.close()
+
+
+def test_prepare_with_demo_genesis(engine):
+    """
+    An empty database gets the schema, the demo genesis and a demo key
+    bound to the demo addresses; message ids start at 1.
+    """
+    prepared = prepare_database(engine, None)
+    assert [t.symbol for t in prepared.tokens] == ["MTK", "RST", "STK"]
+    assert prepared.demo_key.startswith("rk_")
+    assert prepared.first_message_id == 1
+    key = run_blocking(engine, find_key, hash_key(prepared.demo_key))
+    assert key.name == "demo"
+    assert len(key.addresses) == 2
+
+
+def test_second_start(engine, tmp_path):
+    """
+    A later start keeps the chain, prints no key, ignores a genesis file and
+    continues message ids above everything reserved before.
+    """
+    first = prepare_database(engine, None)
+    genesis = tmp_path / "other.json"
+    genesis.write_text("{}")
+    second = prepare_database(engine, str(genesis))
+    assert second.demo_key is None
+    assert second.tokens == first.tokens
+    assert second.first_message_id == first.message_id_ceiling + 1
+    assert second.message_id_ceiling == first.message_id_ceiling + MESSAGE_ID_BLOCK
+
+
+def test_custom_genesis_creates_no_key(engine, tmp_path):
+    genesis = tmp_path / "g.json"
+    genesis.write_text(
+        '{"tokens": [{"token_id": "0x' + "1" * 40 + '", "name": "T", "symbol": "T",'
+        ' "decimals": 2, "total_supply": "10", "price": "1",'
+        ' "balances": {"0x' + "2" * 40 + '": "10"}}]}'
+    )
+    prepared = prepare_database(engine, str(genesis))
+    assert prepared.demo_key is None
+    assert [t.symbol for t in prepared.tokens] == ["T"]
+    assert run_blocking(engine, list_keys) == []
+
+
+def test_malformed_genesis(engine, tmp_path):
+    genesis = tmp_path / "g.json"
+    genesis.write_text('{"tokens": [{}]}')
+    with pytest.raises(GenesisError):
+        prepare_database(engine, str(genesis))
+
+
+def test_newer_schema_refused(engine):
+    prepare_database(engine, None)
+    connection = sqlite3.connect(engine.path)
+    connection.execute("UPDATE schema_version SET version = 99")
+    connection.commit()
+    connection.close()
+    with pytest.raises(SchemaError) as raised:
+        prepare_database(engine, None)
+    assert "newer Rustorium" in str(raised.value)
+
+
+def test_failed_script_leaves_database_unchanged(engine, monkeypatch):
+    """
+    A schema script that fails half-way leaves no half-made schema.
+    """
+    import rustorium.storage.schema as schema
+
+    monkeypatch.setattr(schema, "_script",
+                        lambda name: "CREATE TABLE a (x INTEGER); CREATE TABLE broken (;")
+    connection = engine.connect()
+    with pytest.raises(sqlite3.OperationalError):
+        prepare_schema(connection, engine.path)
+    assert current_version(connection) is None
+    assert connection.execute("SELECT name FROM sqlite_master").fetchall() == []
+    connection.close()
+
+
+class TestKeys:
+    def test_insert_find_revoke(self, engine):
+        prepare_database(engine, None)
+        key_id = run_blocking(engine, insert_key, hash_key("rk_x"), "bot", "now", ["0x" + "1" * 40])
+        found = run_blocking(engine, find_key, hash_key("rk_x"))
+        assert found.key_id == key_id
+        assert found.addresses == frozenset({"0x" + "1" * 40})
+        assert not found.revoked
+        assert run_blocking(engine, revoke_key, key_id, "later")
+        assert not run_blocking(engine, revoke_key, key_id, "again")
+        assert run_blocking(engine, find_key, hash_key("rk_x")).revoked
+        assert run_blocking(engine, revoked_among, [key_id, 1, 999]) == {key_id, 999}
+
+    def test_only_hash_stored(self, engine):
+        prepare_database(engine, None)
+        run_blocking(engine, insert_key, hash_key("rk_secret"), "bot", "now", [])
+        for path in (engine.path, engine.path + "-wal"):
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    assert b"rk_secret" not in f.read()
