@@ -158,7 +158,11 @@ class Server:
         """Versions worth recording with the figures."""
         return {}
 
-    def start(self, tick_interval: float, rate_limit: float | None = None) -> Running:
+    def start(self, tick_interval: float, config: dict | None = None) -> Running:
+        """
+        Start one server; ``config`` holds extra server settings (rustorium's
+        TOML keys, e.g. ``{"rate-limit": 100000}``), ignored by the references.
+        """
         raise NotImplementedError
 
     def _spawn(self, argv: list[str], workdir: Path, port: int, path: str,
@@ -187,7 +191,7 @@ class ReferenceServer(Server):
     def versions(self) -> dict[str, str]:
         return {"reference": "bench/gen/refserver.c (C, epoll, write-through)"}
 
-    def start(self, tick_interval: float, rate_limit: float | None = None) -> Running:
+    def start(self, tick_interval: float, config: dict | None = None) -> Running:
         port = free_port()
         workdir = Path(tempfile.mkdtemp(prefix="bench-ref-"))
         return self._spawn([str(GEN_DIR / "refserver"), "--port", str(port),
@@ -216,7 +220,7 @@ class NodeWsServer(Server):
             ws = "?"
         return {"node": node.strip(), "ws": ws}
 
-    def start(self, tick_interval: float, rate_limit: float | None = None) -> Running:
+    def start(self, tick_interval: float, config: dict | None = None) -> Running:
         port = free_port()
         workdir = Path(tempfile.mkdtemp(prefix="bench-node-"))
         # --wait-ready: ticks start when the generator has set up every client
@@ -365,21 +369,21 @@ class RustoriumServer(Server):
                              f"{out.stderr.strip()[-2000:]}")
         return lines[-1].strip()
 
-    def start(self, tick_interval: float, rate_limit: float | None = None) -> Running:
+    def start(self, tick_interval: float, config: dict | None = None) -> Running:
         port = free_port()
         workdir = Path(tempfile.mkdtemp(prefix="bench-rustorium-"))
         genesis = self.genesis()
         (workdir / "genesis.json").write_text(json.dumps(genesis, indent=1))
         database = f"sqlite:{workdir / 'bench.db'}"
         owner = next(iter(genesis["tokens"][0]["balances"]))
-        config = [
+        lines = [
             "# Written by bench/servers.py for one benchmark run.",
             "heartbeat-interval = 3600",
             "max-subscriptions = 100",
         ]
-        if rate_limit:
-            config += [f"rate-limit = {int(rate_limit)}", f"rate-burst = {int(rate_limit)}"]
-        (workdir / "bench.toml").write_text("\n".join(config) + "\n")
+        for key, value in (config or {}).items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        (workdir / "bench.toml").write_text("\n".join(lines) + "\n")
         info = {
             "tokens": [t["token_id"] for t in genesis["tokens"]],
             "symbols": [f"{t['symbol']}/USD" for t in genesis["tokens"]],
