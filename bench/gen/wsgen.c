@@ -101,6 +101,8 @@ static int g_next_to_connect = 0; /* index of next conn to start */
 static int g_pending = 0;         /* connections in CONNECTING/HS */
 static int g_open = 0, g_failed = 0, g_closed_by_peer = 0;
 static int g_confirms = 0, g_ready_conns = 0, g_reconf = 0, g_resume_err = 0;
+static int g_not_recovered = 0;    /* reconnect_confirmation with "recovered": false */
+static long long g_replayed_claimed = 0; /* sum of reconnect_confirmation "replayed" */
 static uint64_t g_updates = 0, g_update_bytes = 0, g_replies = 0, g_errors = 0, g_other = 0;
 static uint64_t g_heartbeats = 0;
 static int g_cmd_unavailable = 0;
@@ -222,6 +224,41 @@ static const char *json_str(const char *p, size_t n, const char *key, size_t *vl
         k = memmem(k + 1, end - (k + 1), key, kl);
     }
     return NULL;
+}
+
+/* Position just after "key": (whitespace skipped), or NULL. */
+static const char *json_after_key(const char *p, size_t n, const char *key) {
+    size_t kl = strlen(key);
+    const char *end = p + n, *k = memmem(p, n, key, kl);
+    while (k) {
+        const char *q = k + kl;
+        while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')) q++;
+        if (q < end && *q == ':') {
+            q++;
+            while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')) q++;
+            return q < end ? q : NULL;
+        }
+        k = memmem(k + 1, (size_t)(end - (k + 1)), key, kl);
+    }
+    return NULL;
+}
+
+/* 1 for true, 0 for false, -1 if "key" is absent or not a boolean. */
+static int json_bool(const char *p, size_t n, const char *key) {
+    const char *q = json_after_key(p, n, key);
+    if (!q) return -1;
+    if ((size_t)(p + n - q) >= 4 && memcmp(q, "true", 4) == 0) return 1;
+    if ((size_t)(p + n - q) >= 5 && memcmp(q, "false", 5) == 0) return 0;
+    return -1;
+}
+
+/* The non-negative integer value of "key", or -1. */
+static long long json_int(const char *p, size_t n, const char *key) {
+    const char *q = json_after_key(p, n, key), *end = p + n;
+    if (!q || q >= end || *q < '0' || *q > '9') return -1;
+    long long v = 0;
+    while (q < end && *q >= '0' && *q <= '9') v = v * 10 + (*q++ - '0');
+    return v;
 }
 
 static int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
@@ -520,6 +557,9 @@ static void on_message(struct conn *c, const char *p, size_t n) {
         if (c->pass == 1 && !c->done) {
             c->done = 1;
             g_reconf++;
+            if (json_bool(p, n, "\"recovered\"") == 0) g_not_recovered++;
+            long long r = json_int(p, n, "\"replayed\"");
+            if (r > 0) g_replayed_claimed += r;
         }
     } else if (o_mode == M_CMD && tl == strlen(o_expect) && memcmp(t, o_expect, tl) == 0) {
         g_replies++;
@@ -852,10 +892,17 @@ int main(int argc, char **argv) {
         g_next_to_connect = 0;
         loop_until(all_resumed, t_drop + o_resume_timeout);
         double t_all = mono() - t_drop, s1 = proc_cpu(o_server_pid);
+        /* Keep the resumed clients a moment to count what arrives after the
+         * confirmation (replayed and live updates). */
+        uint64_t upd_resumed = g_updates;
+        loop_until(never, mono() + o_settle);
         printf(",\"ready_before_drop\":%d,\"resume_s\":%.4f,\"resumed\":%d,\"resume_errors\":%d,"
-               "\"reconnect_failed\":%d,\"replayed_updates\":%llu,\"server_cpu_s\":%.4f",
-               ready, t_all, g_reconf, g_resume_err, g_failed,
-               (unsigned long long)(g_updates - upd_before), s0 >= 0 ? s1 - s0 : -1.0);
+               "\"not_recovered\":%d,\"replayed_claimed\":%lld,"
+               "\"reconnect_failed\":%d,\"updates_until_resumed\":%llu,"
+               "\"updates_after_resumed\":%llu,\"after_s\":%.2f,\"server_cpu_s\":%.4f",
+               ready, t_all, g_reconf, g_resume_err, g_not_recovered, g_replayed_claimed, g_failed,
+               (unsigned long long)(upd_resumed - upd_before),
+               (unsigned long long)(g_updates - upd_resumed), o_settle, s0 >= 0 ? s1 - s0 : -1.0);
     }
     printf(",\"update_bytes_avg\":%.1f", g_updates ? (double)g_update_bytes / (double)g_updates : 0.0);
     printf(",\"updates_total\":%llu,\"heartbeats\":%llu,\"other_msgs\":%llu,\"errors\":{", (unsigned long long)g_updates,
