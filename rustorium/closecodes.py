@@ -30,6 +30,8 @@ class CloseCode(IntEnum):
     """Nothing was received for the heartbeat timeout. Reconnect with backoff."""
     SLOW_CONSUMER = 4101
     """The client read too slowly and its backlog passed the bound."""
+    REPLAY_OVERTAKEN = 4102
+    """New updates evicted part of a replay before it was sent. Reconnect again."""
     INTERNAL_ERROR = 4110
     """The server failed on this connection. Reconnect with backoff."""
     SHUTTING_DOWN = 4200

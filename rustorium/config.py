@@ -130,6 +130,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Most accepted transactions sharing one database commit (1: a commit each)."),
     Setting("market-seed", _integer, 1,
             "Seed of the markets' random walk; the same seed gives the same prices."),
+    Setting("resume-window", _positive_seconds, 300.0,
+            "Seconds a lost connection's subscriptions stay resumable with reconnect."),
+    Setting("history-size", _count, 1000,
+            "Updates retained per channel key for replay on reconnect."),
+    Setting("history-age", _positive_seconds, 300.0,
+            "Seconds an update is retained for replay on reconnect."),
     Setting("max-subscriptions", _count, 100,
             "Active subscriptions allowed per connection."),
     Setting("rate-limit", _positive_seconds, 10.0,
@@ -168,6 +174,9 @@ class Settings:
     block_interval: float = 2.0
     commit_batch: int = 1000
     market_seed: int = 1
+    resume_window: float = 300.0
+    history_size: int = 1000
+    history_age: float = 300.0
     max_subscriptions: int = 100
     rate_limit: float = 10.0
     rate_burst: int = 10

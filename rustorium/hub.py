@@ -13,14 +13,15 @@ can follow behind the same interface, so nothing may reach into
 L{LocalHub}'s attributes.
 """
 
-from collections.abc import Callable, Hashable
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import attrs
 import orjson
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from .timestamps import isoformat
 
@@ -94,6 +95,31 @@ class IHub(Interface):
         How many subscribers C{key} has.
         """
 
+    def watch(key: str) -> None:
+        """
+        Keep a replayable history of C{key} (bounded by count and age) while
+        at least one subscription, attached or waiting to be resumed, is
+        watching it.
+        """
+
+    def unwatch(key: str) -> None:
+        """
+        Undo one L{watch}; the history goes when nobody watches.
+        """
+
+    def replay(key: str, after: int) -> "Replay":
+        """
+        The retained updates of C{key} numbered above C{after}, as a lazy
+        sequence, and the range of numbers that may have been lost.
+        """
+
+    def expire_history() -> None:
+        """
+        Forget updates older than the history's age bound.
+        """
+
+    last_number = Attribute("The number of the last message id issued.")
+
 
 class MessageIds:
     """
@@ -160,6 +186,64 @@ class MessageIds:
         d.addCallbacks(reserved, failed)
 
 
+class ReplayOvertaken(Exception):
+    """
+    Updates still to be replayed were evicted from the history before they
+    could be sent (more than the history's size arrived meanwhile).
+    """
+
+
+class _History:
+    """
+    One key's retained updates, oldest first, with absolute positions so
+    that a replay in progress survives evictions at the front.
+
+    @ivar first: the absolute position of C{entries[0]}.
+    @ivar evicted: the highest message number evicted so far (0 if none).
+    @ivar watchers: how many subscriptions watch the key.
+    """
+
+    __slots__ = ("entries", "evicted", "first", "watchers")
+
+    def __init__(self) -> None:
+        self.entries: deque[Update] = deque()
+        self.first = 0
+        self.evicted = 0
+        self.watchers = 0
+
+    def evict_one(self) -> None:
+        self.evicted = self.entries.popleft().number
+        self.first += 1
+
+
+@attrs.frozen
+class Replay:
+    """
+    The updates of one key to replay: positions C{start} to C{end} of its
+    history, read lazily.
+
+    @ivar lost: the (first, last) message numbers in which updates of this
+        key may have been lost, or C{None} if the history is complete.
+    """
+
+    history: _History | None
+    start: int
+    end: int
+    lost: tuple[int, int] | None
+
+    @property
+    def count(self) -> int:
+        return self.end - self.start
+
+    def __iter__(self) -> Iterator[Update]:
+        history = self.history
+        for position in range(self.start, self.end):
+            index = position - history.first
+            if index < 0:
+                raise ReplayOvertaken()
+            yield history.entries[index]
+
+
 @implementer(IHub)
 class LocalHub:
     """
@@ -177,15 +261,22 @@ class LocalHub:
         clock: Any,
         ids: MessageIds,
         prepare: Callable[[bytes], Any] = lambda payload: payload,
+        history_size: int = 1000,
+        history_age: float = 300.0,
     ) -> None:
         """
         @param clock: an C{IReactorTime}, for publication timestamps.
         @param prepare: frames an encoded payload for the wire, once per
             update.
+        @param history_size: the most updates retained per watched key.
+        @param history_age: seconds an update is retained for replay.
         """
         self._clock = clock
         self._ids = ids
         self._prepare = prepare
+        self._history_size = history_size
+        self._history_age = history_age
+        self._histories: dict[str, _History] = {}
         self._subscribers: dict[str, dict[Hashable, Deliver]] = {}
         self._fanout: dict[str, tuple[Deliver, ...]] = {}
         self._latest: dict[str, tuple[dict, float]] = {}
@@ -201,6 +292,15 @@ class LocalHub:
         update = self._update(key, body, now)
         if retain:
             self._latest[key] = (body, now)
+        history = self._histories.get(key)
+        if history is not None:
+            entries = history.entries
+            entries.append(update)
+            if len(entries) > self._history_size:
+                history.evict_one()
+            horizon = now - self._history_age
+            while entries[0].published_at < horizon:
+                history.evict_one()
         fanout = self._fanout.get(key)
         if fanout is None:
             subscribers = self._subscribers.get(key)
@@ -233,3 +333,42 @@ class LocalHub:
 
     def subscriber_count(self, key: str) -> int:
         return len(self._subscribers.get(key, ()))
+
+    @property
+    def last_number(self) -> int:
+        return self._ids.last
+
+    def watch(self, key: str) -> None:
+        history = self._histories.get(key)
+        if history is None:
+            history = self._histories[key] = _History()
+        history.watchers += 1
+
+    def unwatch(self, key: str) -> None:
+        history = self._histories.get(key)
+        if history is not None:
+            history.watchers -= 1
+            if history.watchers <= 0:
+                del self._histories[key]
+
+    def replay(self, key: str, after: int) -> Replay:
+        history = self._histories.get(key)
+        if history is None:
+            return Replay(None, 0, 0, None)
+        entries = history.entries
+        low, high = 0, len(entries)
+        while low < high:
+            middle = (low + high) // 2
+            if entries[middle].number <= after:
+                low = middle + 1
+            else:
+                high = middle
+        lost = (after + 1, history.evicted) if history.evicted > after else None
+        return Replay(history, history.first + low, history.first + len(entries), lost)
+
+    def expire_history(self) -> None:
+        horizon = self._clock.seconds() - self._history_age
+        for history in self._histories.values():
+            entries = history.entries
+            while entries and entries[0].published_at < horizon:
+                history.evict_one()

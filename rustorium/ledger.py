@@ -152,6 +152,7 @@ class Ledger:
         self._last_seq = snapshot.last_seq
         self.last_block = snapshot.last_block
         self._block_in_progress = False
+        self._announce: list[TransactionRow] = []
         self._committer: GroupCommit[TransactionRow] = GroupCommit(store.insert, commit_batch)
         for row in snapshot.pending:
             self._reserve(row)
@@ -293,7 +294,11 @@ class Ledger:
 
     def _accepted(self, _: None, row: TransactionRow, entry: _Idempotent | None):
         self._pending.append(row)
-        self._publish(row)
+        # Announce "pending" once the callers have answered, so a client
+        # sees its transaction_response before updates about it.
+        if not self._announce:
+            self._clock.callLater(0, self._announce_pending)
+        self._announce.append(row)
         if entry is not None:
             waiting, entry.waiting = entry.waiting, None
             for d in waiting:
@@ -313,6 +318,11 @@ class Ledger:
             for d in entry.waiting:
                 d.errback(error)
         raise error
+
+    def _announce_pending(self) -> None:
+        rows, self._announce = self._announce, []
+        for row in rows:
+            self._publish(row)
 
     # Blocks
 
@@ -349,6 +359,7 @@ class Ledger:
         return d
 
     def _block_written(self, _, number, now, batch, outcomes, balances) -> int:
+        self._announce_pending()
         self._block_in_progress = False
         self.last_block = number
         del self._pending[: len(batch)]

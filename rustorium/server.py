@@ -12,6 +12,7 @@ from .apikeys import KeyStore
 from .catalog import Catalog
 from .config import Settings
 from .hub import IHub
+from .subscriptions import SubscriptionRegistry
 
 if TYPE_CHECKING:
     from .ledger import Ledger
@@ -81,6 +82,7 @@ class Server:
         self.catalog = catalog
         self.keys = keys
         self.ledger = ledger
+        self.subscriptions = SubscriptionRegistry(hub, settings.resume_window)
         self.sessions = SessionRegistry()
         self.version = __version__
         self.ready = False

@@ -34,6 +34,7 @@ from .ledger import DatabaseLedgerStore, Ledger
 from .market import MarketService
 from .server import Server
 from .storage import Database, engine_from_url
+from .subscriptions import ExpiryService
 from .web import build_site
 from .websocket import RustoriumServerFactory, prepare_frame
 
@@ -111,7 +112,10 @@ class RustoriumService(MultiService):
             MESSAGE_ID_BLOCK,
             reserve=lambda ceiling: database.run(reserve_message_ids, ceiling),
         )
-        hub = LocalHub(reactor, ids, prepare_frame)
+        hub = LocalHub(
+            reactor, ids, prepare_frame,
+            history_size=settings.history_size, history_age=settings.history_age,
+        )
         catalog = Catalog(prepared.tokens)
         ledger = Ledger(
             catalog, DatabaseLedgerStore(database), hub, reactor, prepared.ledger,
@@ -126,6 +130,7 @@ class RustoriumService(MultiService):
             ledger.volume_24h,
         ).setServiceParent(self)
         ChainService(ledger, settings.block_interval, reactor).setServiceParent(self)
+        ExpiryService(server.subscriptions, hub, reactor).setServiceParent(self)
         HeartbeatService(server, reactor, prepare_frame).setServiceParent(self)
         RevocationService(
             settings.key_check_interval, server.keys, lambda: list(server.sessions), reactor

@@ -5,13 +5,19 @@ The session knows the API and nothing of WebSocket: the protocol feeds it
 messages and it acts on the connection only through L{IConnection}. Its
 states::
 
-    FRESH  --subscribe / reconnect-->  ACTIVE
-    FRESH, ACTIVE  --close / connection lost-->  CLOSED
+    FRESH  --subscribe-->  ACTIVE
+    FRESH  --reconnect-->  RESUMING  --replay sent-->  ACTIVE
+    any  --close / connection lost-->  CLOSED
 
 In FRESH a connection has made no subscription yet, so a C{reconnect} may
-resume old ones; once ACTIVE it may not (the resumed and the new
-subscriptions would race). Every other request is served in both. In CLOSED
-nothing is sent and every message is dropped. ``docs/session.dot`` draws it.
+resume old ones; afterwards it may not (resumed and new subscriptions would
+race). In RESUMING the missed updates are streamed a chunk per reactor turn,
+and live updates are held back until the replay is out, so the client sees
+every update once, in order. Requests are served in every state but
+CLOSED, where nothing is sent and every message is dropped. When the
+connection is lost its subscriptions are detached, not deleted: another
+connection with the same API key may resume them within the resume window.
+``docs/session.dot`` draws it.
 
 Each message goes through, in order: the silence clock, the envelope check,
 the rate limit (C{heartbeat_response} is exempt), the typed request, its
@@ -20,7 +26,11 @@ L{RequestError} becomes an C{error} reply echoing the request's id, and any
 other exception is logged and answered with C{internal_error}.
 """
 
+import heapq
+from collections.abc import Iterator
 from enum import Enum
+from itertools import islice
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -32,7 +42,7 @@ from zope.interface import Interface
 from .amounts import format_units
 from .closecodes import CloseCode
 from .errors import ErrorCode, RequestError
-from .hub import Update
+from .hub import ReplayOvertaken, Update
 from .ledger import describe_transaction
 from .ratelimit import FloodWindow, TokenBucket
 from .requests import (
@@ -90,8 +100,14 @@ class IConnection(Interface):
 
 class SessionState(Enum):
     FRESH = "fresh"
+    RESUMING = "resuming"
     ACTIVE = "active"
     CLOSED = "closed"
+
+
+REPLAY_CHUNK = 256
+"""Replayed updates sent per reactor turn, so that a reconnect storm of
+thousands of clients never stalls the server."""
 
 
 class Session:
@@ -115,6 +131,12 @@ class Session:
         self._subscriptions: dict[str, Subscription] = {}
         self._by_topics: dict[tuple[str, tuple[str, ...]], Subscription] = {}
         self._key_counts: dict[str, int] = {}
+        # Where the hub delivers this session's updates: the connection, or
+        # while a replay is streamed, the list holding live updates back.
+        self._deliver: Any = connection.deliver
+        self._held: list[Update] | None = None
+        self._replay: Iterator[Update] | None = None
+        self._unrecovered: list[Subscription] = []
         server.sessions.add(self, now())
 
     # Input from the connection
@@ -187,13 +209,31 @@ class Session:
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
-        hub = self._server.hub
+        server = self._server
+        hub = server.hub
         for key in self._key_counts:
             hub.unsubscribe(key, self)
+        now = server.clock.seconds()
+        for subscription in self._subscriptions.values():
+            server.subscriptions.detach(subscription, now)
         self._key_counts.clear()
         self._subscriptions.clear()
         self._by_topics.clear()
-        self._server.sessions.remove(self)
+        self._held = self._replay = None
+        server.sessions.remove(self)
+
+    def give_up(self, subscription: Subscription) -> None:
+        """
+        Another connection resumed one of this session's subscriptions (this
+        one is presumably dead, unnoticed as yet): stop delivering it here.
+        """
+        self._remove(subscription)
+
+    def _send_update(self, update: Update) -> None:
+        if self._held is not None:
+            self._held.append(update)
+        else:
+            self.connection.deliver(update)
 
     def _send_error(self, request_id: object, error: RequestError) -> None:
         self.reply(
@@ -271,12 +311,16 @@ class Session:
                     f"this connection already has {limit} subscriptions, the most allowed; "
                     "unsubscribe from one first",
                 )
-            keys = resolve_keys(request, self._server.catalog)
+            server = self._server
+            keys = resolve_keys(request, server.catalog)
             subscription = Subscription(
-                new_subscription_id(), request.channel, request.topics, keys
+                new_subscription_id(), request.channel, request.topics, keys,
+                owner=self.api_key.key_id, since=server.hub.last_number,
             )
+            server.subscriptions.add(subscription)
             self._add(subscription)
-        self.state = SessionState.ACTIVE
+        if self.state is SessionState.FRESH:
+            self.state = SessionState.ACTIVE
         self.reply(
             request_id,
             "subscription_confirmation",
@@ -285,31 +329,19 @@ class Session:
         self._send_current_state(subscription)
 
     def _add(self, subscription: Subscription) -> None:
+        subscription.session = self
         self._subscriptions[subscription.subscription_id] = subscription
         self._by_topics[subscription.channel, subscription.topics] = subscription
         hub = self._server.hub
-        deliver = self.connection.deliver
         for key in subscription.keys:
             count = self._key_counts.get(key, 0)
             if not count:
-                hub.subscribe(key, self, deliver)
+                hub.subscribe(key, self, self._deliver)
             self._key_counts[key] = count + 1
 
-    def _send_current_state(self, subscription: Subscription) -> None:
-        hub = self._server.hub
-        for key in subscription.keys:
-            snapshot = hub.snapshot(key)
-            if snapshot is not None:
-                self.connection.deliver(snapshot)
-
-    def _unsubscribe(self, request_id: object, request: Unsubscribe) -> None:
-        subscription = self._subscriptions.pop(request.subscription_id, None)
-        if subscription is None:
-            raise RequestError(
-                ErrorCode.NOT_FOUND,
-                f"no subscription {request.subscription_id!r} on this connection",
-            )
-        del self._by_topics[subscription.channel, subscription.topics]
+    def _remove(self, subscription: Subscription) -> None:
+        del self._subscriptions[subscription.subscription_id]
+        self._by_topics.pop((subscription.channel, subscription.topics), None)
         hub = self._server.hub
         for key in subscription.keys:
             count = self._key_counts[key] - 1
@@ -318,6 +350,23 @@ class Session:
             else:
                 del self._key_counts[key]
                 hub.unsubscribe(key, self)
+
+    def _send_current_state(self, subscription: Subscription) -> None:
+        hub = self._server.hub
+        for key in subscription.keys:
+            snapshot = hub.snapshot(key)
+            if snapshot is not None:
+                self._send_update(snapshot)
+
+    def _unsubscribe(self, request_id: object, request: Unsubscribe) -> None:
+        subscription = self._subscriptions.get(request.subscription_id)
+        if subscription is None:
+            raise RequestError(
+                ErrorCode.NOT_FOUND,
+                f"no subscription {request.subscription_id!r} on this connection",
+            )
+        self._remove(subscription)
+        self._server.subscriptions.remove(subscription)
         self.reply(
             request_id,
             "subscription_confirmation",
@@ -420,18 +469,101 @@ class Session:
                 "reconnect must be the first subscribe or reconnect on a connection, "
                 "and this one already has one; open a new connection to resume",
             )
-        self.state = SessionState.ACTIVE
+        server = self._server
+        hub = server.hub
+        last = request.last_message_id
+        resumed: dict[str, Subscription] = {}
+        for subscription_id in request.subscription_ids:
+            if len(resumed) >= server.settings.max_subscriptions:
+                break
+            subscription = server.subscriptions.claim(subscription_id, self.api_key.key_id)
+            if subscription is not None:
+                resumed[subscription_id] = subscription
+        # Replay each key from the oldest point any of its subscriptions
+        # needs: after the client's last message, never before it subscribed.
+        starts: dict[str, int] = {}
+        for subscription in resumed.values():
+            start = subscription.since if last is None else max(last, subscription.since)
+            for key in subscription.keys:
+                starts[key] = min(starts.get(key, start), start)
+        replays = {key: hub.replay(key, start) for key, start in starts.items()}
+        entries = []
+        for subscription_id in request.subscription_ids:
+            subscription = resumed.get(subscription_id)
+            if subscription is None:
+                entries.append({"subscription_id": subscription_id, "status": "expired"})
+                continue
+            lost = [replays[k].lost for k in subscription.keys if replays[k].lost]
+            entry = {
+                **subscription.describe(),
+                "status": "resumed",
+                "recovered": not lost,
+                "replayed": sum(replays[k].count for k in subscription.keys),
+            }
+            if lost:
+                entry["lost"] = {
+                    "from": f"msg_{min(low for low, _ in lost)}",
+                    "to": f"msg_{max(high for _, high in lost)}",
+                }
+                self._unrecovered.append(subscription)
+            entries.append(entry)
+        self.state = SessionState.RESUMING
+        self._held = []
+        self._deliver = self._held.append
+        for subscription in resumed.values():
+            self._add(subscription)
         self.reply(
             request_id,
             "reconnect_confirmation",
             {
-                "recovered": False,
-                "replayed": 0,
-                "subscriptions": [
-                    {"subscription_id": s, "status": "expired"} for s in request.subscription_ids
-                ],
+                "recovered": len(resumed) == len(request.subscription_ids)
+                and not self._unrecovered,
+                "replayed": sum(r.count for r in replays.values()),
+                "subscriptions": entries,
             },
         )
+        self._replay = heapq.merge(
+            *(iter(r) for r in replays.values() if r.count), key=attrgetter("number")
+        )
+        self._stream_replay()
+
+    def _stream_replay(self) -> None:
+        """
+        Send the next chunk of the replay; the rest follows on later reactor
+        turns, so thousands of clients resuming at once share the reactor.
+        """
+        if self.state is not SessionState.RESUMING:
+            return
+        try:
+            chunk = list(islice(self._replay, REPLAY_CHUNK))
+        except ReplayOvertaken:
+            self.close(CloseCode.REPLAY_OVERTAKEN, "replay overtaken by new updates; reconnect")
+            return
+        deliver = self.connection.deliver
+        for update in chunk:
+            deliver(update)
+        if len(chunk) == REPLAY_CHUNK:
+            self._server.clock.callLater(0, self._stream_replay)
+        else:
+            self._resume_live()
+
+    def _resume_live(self) -> None:
+        """
+        The replay is out: send what was held back, then the current state
+        of subscriptions that could not be fully recovered, and deliver live.
+        """
+        held, self._held, self._replay = self._held, None, None
+        self.state = SessionState.ACTIVE
+        self._deliver = self.connection.deliver
+        hub = self._server.hub
+        for key in self._key_counts:
+            hub.subscribe(key, self, self._deliver)
+        for update in held:
+            self.connection.deliver(update)
+        unrecovered, self._unrecovered = self._unrecovered, []
+        for subscription in unrecovered:
+            if subscription.session is self:
+                self._send_current_state(subscription)
 
     _HANDLERS: dict[type, Any] = {
         Subscribe: _subscribe,

@@ -1,14 +1,20 @@
 """
-Subscriptions: what a client asked to follow, and which hub keys that means.
+Subscriptions: what a client asked to follow, which hub keys that means, and
+the registry that keeps them resumable for a while after their connection
+is lost.
 """
 
 import secrets
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
 
 import attrs
+from twisted.application.internet import TimerService
+from twisted.logger import Logger
 
 from .catalog import Catalog
 from .errors import ErrorCode, RequestError
-from .hub import channel_key
+from .hub import IHub, channel_key
 from .requests import ALL_TOKENS, MARKET_DATA, TOKEN_UPDATES, TRANSACTION_UPDATES, Subscribe
 
 
@@ -20,20 +26,34 @@ def new_subscription_id() -> str:
     return "sub_" + secrets.token_hex(8)
 
 
-@attrs.frozen
+if TYPE_CHECKING:
+    from .session import Session
+
+
+@attrs.define(eq=False)
 class Subscription:
     """
-    One subscription of a connection.
+    One subscription, attached to a session or waiting to be resumed.
 
     @ivar topics: the normalised parameters (one token id or L{ALL_TOKENS},
         one address, or the sorted market symbols).
     @ivar keys: the hub keys it receives.
+    @ivar owner: the id of the API key that made it; only that key may
+        resume it.
+    @ivar since: the last message number issued when it was made: nothing
+        older belongs to it.
+    @ivar session: the session it is attached to, if any.
+    @ivar detached_at: when it lost its session, if it has.
     """
 
     subscription_id: str
     channel: str
     topics: tuple[str, ...]
     keys: tuple[str, ...]
+    owner: int = 0
+    since: int = 0
+    session: "Session | None" = None
+    detached_at: float | None = None
 
     def describe(self) -> dict[str, object]:
         """
@@ -76,3 +96,103 @@ def resolve_keys(request: Subscribe, catalog: Catalog) -> tuple[str, ...]:
             f"no market {', '.join(unknown)[:200]}; markets are {', '.join(catalog.markets)}",
         )
     return tuple(channel_key(channel, s) for s in request.topics)
+
+
+class SubscriptionRegistry:
+    """
+    Every subscription of the server by id. A subscription whose connection
+    is lost stays here, detached, for the resume window; a C{reconnect}
+    with the same API key re-attaches it. While a subscription exists its
+    keys are watched, so the hub keeps their history for replay.
+    """
+
+    def __init__(self, hub: IHub, resume_window: float) -> None:
+        self._hub = hub
+        self.resume_window = resume_window
+        self._all: dict[str, Subscription] = {}
+        self._detached: OrderedDict[str, Subscription] = OrderedDict()
+
+    def add(self, subscription: Subscription) -> None:
+        """
+        Register a new subscription and watch its keys.
+        """
+        self._all[subscription.subscription_id] = subscription
+        for key in subscription.keys:
+            self._hub.watch(key)
+
+    def remove(self, subscription: Subscription) -> None:
+        """
+        Forget a subscription (unsubscribed or expired).
+        """
+        if self._all.pop(subscription.subscription_id, None) is None:
+            return
+        self._detached.pop(subscription.subscription_id, None)
+        for key in subscription.keys:
+            self._hub.unwatch(key)
+
+    def detach(self, subscription: Subscription, now: float) -> None:
+        """
+        Its session is gone: keep it resumable until the window passes.
+        """
+        subscription.session = None
+        subscription.detached_at = now
+        self._detached[subscription.subscription_id] = subscription
+
+    def claim(self, subscription_id: str, owner: int) -> Subscription | None:
+        """
+        Take a subscription to resume it: C{None} unless it exists and
+        belongs to C{owner}. One still attached to another session (a
+        connection the server has not yet seen die) is taken from it.
+        """
+        subscription = self._all.get(subscription_id)
+        if subscription is None or subscription.owner != owner:
+            return None
+        if subscription.session is not None:
+            subscription.session.give_up(subscription)
+        self._detached.pop(subscription_id, None)
+        subscription.detached_at = None
+        return subscription
+
+    def expire(self, now: float) -> int:
+        """
+        Forget detached subscriptions older than the resume window; return
+        how many.
+        """
+        horizon = now - self.resume_window
+        expired = []
+        for subscription in self._detached.values():
+            if subscription.detached_at >= horizon:
+                break
+            expired.append(subscription)
+        for subscription in expired:
+            self.remove(subscription)
+        return len(expired)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    @property
+    def detached_count(self) -> int:
+        return len(self._detached)
+
+
+class ExpiryService(TimerService):
+    """
+    Every second: forget subscriptions past the resume window, and updates
+    past the history's age. One timer for the whole server.
+    """
+
+    log = Logger()
+
+    def __init__(self, registry: SubscriptionRegistry, hub: IHub, clock: Any) -> None:
+        super().__init__(1.0, self._expire)
+        self.clock = clock
+        self._registry = registry
+        self._hub = hub
+
+    def _expire(self) -> None:
+        try:
+            self._registry.expire(self.clock.seconds())
+            self._hub.expire_history()
+        except Exception:
+            self.log.failure("Expiring subscriptions and history failed")

@@ -23,6 +23,7 @@ from rustorium.storage.ledger import LedgerSnapshot, TransactionRow
 DEMO = demo_genesis()
 MTK = DEMO.tokens[0]
 STK = DEMO.tokens[1]
+RST = DEMO.tokens[2]
 ALICE = "0xa11ce00000000000000000000000000000000001"
 BOB = "0xb0b0000000000000000000000000000000000002"
 KEY = ApiKey(1, "test", frozenset({ALICE}), "2026-01-01T00:00:00.000000Z")
@@ -81,6 +82,13 @@ class MemoryLedgerStore:
             apply()
             d.callback(None)
 
+    def release_all(self) -> None:
+        """
+        Complete held writes, and those they lead to, until none is held.
+        """
+        while self.held:
+            self.release()
+
     def fail(self) -> None:
         held, self.held = self.held, []
         for d, _ in held:
@@ -128,10 +136,11 @@ def make_server(
     @param prepare: the hub's framing function (by default the payload
         itself stands for the frame).
     """
-    ids = MessageIds(1, 10**9, 10**6)
-    hub = LocalHub(clock, ids) if prepare is None else LocalHub(clock, ids, prepare)
-    catalog = demo_catalog()
     config = Settings(**settings)
+    ids = MessageIds(1, 10**9, 10**6)
+    hub = LocalHub(clock, ids, prepare or (lambda payload: payload),
+                   history_size=config.history_size, history_age=config.history_age)
+    catalog = demo_catalog()
     ledger = Ledger(catalog, store or MemoryLedgerStore(), hub, clock, genesis_snapshot(),
                     commit_batch=config.commit_batch)
     server = Server(config, clock, hub, catalog, FakeKeyStore(), ledger)

@@ -128,3 +128,78 @@ class TestKeys:
             if os.path.exists(path):
                 with open(path, "rb") as f:
                     assert b"rk_secret" not in f.read()
+
+
+def test_upgrade_from_first_schema(engine):
+    """
+    A database written by the first schema (before the ledger) is upgraded
+    in place: its keys and balances are kept, a copy of the old file is
+    made, and the ledger tables exist.
+    """
+    import rustorium.storage.schema as schema
+
+    first = schema._script("v1.sql")
+    connection = sqlite3.connect(engine.path)
+    connection.executescript(first)
+    connection.execute("INSERT INTO api_keys (key_hash, name, created_at) VALUES ('h', 'old', 't')")
+    connection.execute(
+        "INSERT INTO tokens VALUES ('0x" + "1" * 40 + "', 'T', 'T', 2, '1000', '100000000')"
+    )
+    connection.execute("INSERT INTO balances VALUES ('0x" + "2" * 40 + "', '0x" + "1" * 40
+                       + "', '1000')")
+    connection.commit()
+    connection.close()
+
+    prepared = prepare_database(engine, None)
+    assert prepared.demo_key is None
+    assert [t.symbol for t in prepared.tokens] == ["T"]
+    assert prepared.ledger.balances == {("0x" + "2" * 40, "0x" + "1" * 40): 1000}
+    connection = engine.connect()
+    assert current_version(connection) == schema.LATEST_VERSION == 2
+    assert connection.execute("SELECT COUNT(*) FROM transactions").fetchone() == (0,)
+    assert connection.execute("SELECT name FROM api_keys").fetchall() == [("old",)]
+    connection.close()
+    backup = sqlite3.connect(engine.path + ".v1.bak")
+    assert backup.execute("SELECT version FROM schema_version").fetchone() == (1,)
+    backup.close()
+
+
+class TestLedgerRows:
+    def test_round_trip(self, engine):
+        """
+        Transactions, blocks and balances written by the ledger read back
+        as they were, with amounts exact.
+        """
+        from rustorium.storage.ledger import (
+            TransactionRow,
+            find_transaction,
+            insert_transactions,
+            load_ledger,
+            write_block,
+        )
+
+        prepared = prepare_database(engine, None)
+        token = prepared.tokens[0].token_id
+        a, b = "0x" + "a" * 40, "0x" + "b" * 40
+        huge = 10**24 + 1
+        rows = [
+            TransactionRow(1, "0x" + "1" * 64, a, b, token, huge, "pending", 1, "k", 100.0),
+            TransactionRow(2, "0x" + "2" * 64, a, b, token, 5, "pending", 1, None, 101.0),
+        ]
+        run_blocking(engine, insert_transactions, rows)
+        snapshot = run_blocking(engine, load_ledger, 0.0)
+        assert [r.transaction_id for r in snapshot.pending] == ["0x" + "1" * 64, "0x" + "2" * 64]
+        assert snapshot.pending[0].amount == huge
+        assert [r.idempotency_key for r in snapshot.recent] == ["k"]
+        assert snapshot.last_seq == 2
+        run_blocking(engine, write_block, 1, 200.0,
+                     [("0x" + "1" * 64, "confirmed", None)], {(b, token): huge})
+        snapshot = run_blocking(engine, load_ledger, 150.0)
+        assert [r.seq for r in snapshot.pending] == [2]
+        assert snapshot.last_block == 1
+        assert snapshot.balances[b, token] == huge
+        assert snapshot.confirmed_volume == [(200.0, token, huge)]
+        assert snapshot.recent == []
+        found = run_blocking(engine, find_transaction, "0x" + "1" * 64)
+        assert (found.status, found.block_number, found.confirmed_at) == ("confirmed", 1, 200.0)
+        assert run_blocking(engine, find_transaction, "0x" + "9" * 64) is None
