@@ -19,7 +19,8 @@
  *              count replies of type --expect per second.
  *   reconnect  N clients subscribe and receive an update, then all are
  *              dropped at once and reconnect with a "reconnect" message;
- *              measures the time until every one got reconnect_confirmation.
+ *              measures the time until every one got reconnect_confirmation
+ *              and the updates it announced as replayed.
  *
  * With --ready-signal, SIGUSR2 goes to --server-pid once every client is set
  * up (see bench/node/server.js --wait-ready).
@@ -63,6 +64,8 @@ struct conn {
     uint8_t confirmed;
     uint8_t done;
     uint8_t pass; /* 0 = first connection, 1 = reconnect pass */
+    uint8_t got_conf; /* reconnect_confirmation received (pass 1) */
+    int32_t replay_left; /* replayed updates still to arrive after it */
     uint32_t inflight;
     uint32_t next_req;
     uint64_t updates;
@@ -101,8 +104,11 @@ static int g_next_to_connect = 0; /* index of next conn to start */
 static int g_pending = 0;         /* connections in CONNECTING/HS */
 static int g_open = 0, g_failed = 0, g_closed_by_peer = 0;
 static int g_confirms = 0, g_ready_conns = 0, g_reconf = 0, g_resume_err = 0;
-static int g_not_recovered = 0;    /* reconnect_confirmation with "recovered": false */
-static long long g_replayed_claimed = 0; /* sum of reconnect_confirmation "replayed" */
+static int g_confirmed_resume = 0; /* reconnect_confirmation received */
+static int g_not_resumed = 0;      /* ... whose subscription was not "resumed" (expired) */
+static int g_not_recovered = 0;    /* ... with "recovered": false */
+static long long g_replayed_claimed = 0; /* sum of their "replayed" counts */
+static double g_t_last_conf = 0;   /* when the last confirmation arrived */
 static uint64_t g_updates = 0, g_update_bytes = 0, g_replies = 0, g_errors = 0, g_other = 0;
 static uint64_t g_heartbeats = 0;
 static int g_cmd_unavailable = 0;
@@ -475,6 +481,13 @@ static void on_open(struct conn *c) {
 
 /* ---- receiving ---- */
 
+/* A reconnected client is resumed once its confirmation and every update it
+ * announced as replayed have arrived. */
+static void resume_done(struct conn *c) {
+    c->done = 1;
+    g_reconf++;
+}
+
 static void on_message(struct conn *c, const char *p, size_t n) {
     size_t tl;
     const char *t = json_str(p, n, "\"type\"", &tl);
@@ -513,6 +526,7 @@ static void on_message(struct conn *c, const char *p, size_t n) {
                 c->last_id[il] = 0;
             }
             if (c->pass == 0 && c->updates == 1 && c->confirmed) g_ready_conns++;
+            if (c->pass == 1 && c->got_conf && !c->done && --c->replay_left <= 0) resume_done(c);
         }
     } else if (IS("subscription_confirmation")) {
         if (!c->confirmed) {
@@ -554,12 +568,21 @@ static void on_message(struct conn *c, const char *p, size_t n) {
             }
         }
     } else if (IS("reconnect_confirmation")) {
-        if (c->pass == 1 && !c->done) {
-            c->done = 1;
-            g_reconf++;
+        if (c->pass == 1 && !c->got_conf && !c->done) {
+            /* One subscription per client here, so the first "status",
+             * "recovered" and "replayed" are those of that subscription (and
+             * equal the totals). */
+            size_t sl;
+            const char *st = json_str(p, n, "\"status\"", &sl);
+            c->got_conf = 1;
+            g_confirmed_resume++;
+            g_t_last_conf = mono();
+            if (!st || sl != 7 || memcmp(st, "resumed", 7) != 0) g_not_resumed++;
             if (json_bool(p, n, "\"recovered\"") == 0) g_not_recovered++;
             long long r = json_int(p, n, "\"replayed\"");
             if (r > 0) g_replayed_claimed += r;
+            c->replay_left = r > 0 ? (int32_t)r : 0;
+            if (c->replay_left == 0) resume_done(c);
         }
     } else if (o_mode == M_CMD && tl == strlen(o_expect) && memcmp(t, o_expect, tl) == 0) {
         g_replies++;
@@ -896,11 +919,14 @@ int main(int argc, char **argv) {
          * confirmation (replayed and live updates). */
         uint64_t upd_resumed = g_updates;
         loop_until(never, mono() + o_settle);
-        printf(",\"ready_before_drop\":%d,\"resume_s\":%.4f,\"resumed\":%d,\"resume_errors\":%d,"
+        printf(",\"ready_before_drop\":%d,\"resume_s\":%.4f,\"confirm_s\":%.4f,\"resumed\":%d,"
+               "\"confirmed\":%d,\"resume_errors\":%d,\"not_resumed\":%d,"
                "\"not_recovered\":%d,\"replayed_claimed\":%lld,"
                "\"reconnect_failed\":%d,\"updates_until_resumed\":%llu,"
                "\"updates_after_resumed\":%llu,\"after_s\":%.2f,\"server_cpu_s\":%.4f",
-               ready, t_all, g_reconf, g_resume_err, g_not_recovered, g_replayed_claimed, g_failed,
+               ready, t_all, g_confirmed_resume ? g_t_last_conf - t_drop : -1.0, g_reconf,
+               g_confirmed_resume, g_resume_err, g_not_resumed, g_not_recovered,
+               g_replayed_claimed, g_failed,
                (unsigned long long)(upd_resumed - upd_before),
                (unsigned long long)(g_updates - upd_resumed), o_settle, s0 >= 0 ? s1 - s0 : -1.0);
     }
