@@ -75,6 +75,16 @@ def _integer(value: object) -> int:
         raise ValueError("must be an integer") from None
 
 
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+        return False
+    raise ValueError("must be true or false")
+
+
 def _endpoints(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -146,6 +156,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Rate-limited messages within 10 seconds after which a connection is closed (4008)."),
     Setting("max-message-size", _count, 65536,
             "Largest incoming message in bytes; larger ones close the connection (1009)."),
+    Setting("max-backlog", _count, 1048576,
+            "Bytes of transaction updates and replies held for a client that reads too "
+            "slowly; past it the connection is closed (4101)."),
+    Setting("write-through", _boolean, True,
+            "Send to the socket at once when nothing is buffered (faster fan-out)."),
     Setting("handshake-timeout", _positive_seconds, 10.0,
             "Seconds a client has to complete the WebSocket opening handshake."),
     Setting("close-timeout", _positive_seconds, 5.0,
@@ -182,6 +197,8 @@ class Settings:
     rate_burst: int = 10
     flood_limit: int = 50
     max_message_size: int = 65536
+    max_backlog: int = 1048576
+    write_through: bool = True
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0
     backlog: int = 4096

@@ -28,6 +28,49 @@ from .timestamps import isoformat
 Deliver = Callable[["Update"], None]
 
 
+class ISink(Interface):
+    """
+    Where the hub sends a subscriber's updates: usually a connection.
+    """
+
+    def deliver(update: "Update") -> None:
+        """
+        Send an update now.
+        """
+
+    def enqueue(update: "Update") -> bool:
+        """
+        Queue an update to be sent by the next L{flush}, with the others of
+        the same batch; return C{True} if nothing was queued before it (so
+        the hub knows to flush this sink once the batch is done).
+        """
+
+    def flush() -> None:
+        """
+        Send what L{enqueue} queued, in one write.
+        """
+
+
+@implementer(ISink)
+class CallableSink:
+    """
+    A sink that hands each update to a function (tests and simple
+    subscribers).
+    """
+
+    __slots__ = ("deliver",)
+
+    def __init__(self, deliver: Deliver) -> None:
+        self.deliver = deliver
+
+    def enqueue(self, update: "Update") -> bool:
+        self.deliver(update)
+        return False
+
+    def flush(self) -> None:
+        pass
+
+
 def channel_key(channel: str, name: str) -> str:
     """
     The hub key of one stream of updates: a channel and what it is about
@@ -48,6 +91,9 @@ class Update:
     @ivar frame: the payload framed for the wire by the hub's C{prepare}
         function (an Autobahn prepared message in the server).
     @ivar published_at: the reactor time of publication.
+    @ivar conflatable: whether a newer update on the same key makes this one
+        redundant (prices and volumes), so that a slow reader may be sent
+        only the newest; transaction events are never conflated.
     """
 
     number: int
@@ -55,6 +101,7 @@ class Update:
     payload: bytes
     frame: Any
     published_at: float
+    conflatable: bool = True
 
 
 class IHub(Interface):
@@ -71,10 +118,19 @@ class IHub(Interface):
             (prices and volumes are state; transaction events are not).
         """
 
-    def subscribe(key: str, subscriber: Hashable, deliver: Deliver) -> None:
+    def publish_batch(items: list[tuple[str, str, dict]]) -> list[Update]:
         """
-        Call C{deliver(update)} for every later update on C{key}, until
-        L{unsubscribe}. Subscribing the same subscriber again replaces it.
+        Publish several (channel, key, data) updates (retained) at once:
+        each subscriber gets everything of the batch meant for it in one
+        write. A market tick that moves ten markets costs a client
+        subscribed to all ten one system call, not ten.
+        """
+
+    def subscribe(key: str, subscriber: Hashable, sink: "ISink | Deliver") -> None:
+        """
+        Send every later update on C{key} to C{sink} (an L{ISink}, or a
+        function taking the update), until L{unsubscribe}. Subscribing the
+        same subscriber again replaces its sink.
         """
 
     def unsubscribe(key: str, subscriber: Hashable) -> None:
@@ -277,19 +333,22 @@ class LocalHub:
         self._history_size = history_size
         self._history_age = history_age
         self._histories: dict[str, _History] = {}
-        self._subscribers: dict[str, dict[Hashable, Deliver]] = {}
+        self._subscribers: dict[str, dict[Hashable, ISink]] = {}
+        # Caches rebuilt after each (un)subscribe: the bound deliver methods
+        # for single publishes, the sinks for batches.
         self._fanout: dict[str, tuple[Deliver, ...]] = {}
+        self._sinks: dict[str, tuple[ISink, ...]] = {}
         self._latest: dict[str, tuple[dict, float]] = {}
 
-    def _update(self, key: str, body: dict, published_at: float) -> Update:
+    def _update(self, key: str, body: dict, published_at: float, conflatable: bool) -> Update:
         number = self._ids.next()
         payload = orjson.dumps({"id": f"msg_{number}", "type": "update", "data": body})
-        return Update(number, key, payload, self._prepare(payload), published_at)
+        return Update(number, key, payload, self._prepare(payload), published_at, conflatable)
 
-    def publish(self, channel: str, key: str, data: dict, retain: bool = True) -> Update:
-        now = self._clock.seconds()
-        body = {"channel": channel, **data, "timestamp": isoformat(now)}
-        update = self._update(key, body, now)
+    def _record(self, channel: str, key: str, data: dict, retain: bool, now: float,
+                timestamp: str) -> Update:
+        body = {"channel": channel, **data, "timestamp": timestamp}
+        update = self._update(key, body, now, retain)
         if retain:
             self._latest[key] = (body, now)
         history = self._histories.get(key)
@@ -301,12 +360,17 @@ class LocalHub:
             horizon = now - self._history_age
             while entries[0].published_at < horizon:
                 history.evict_one()
+        return update
+
+    def publish(self, channel: str, key: str, data: dict, retain: bool = True) -> Update:
+        now = self._clock.seconds()
+        update = self._record(channel, key, data, retain, now, isoformat(now))
         fanout = self._fanout.get(key)
         if fanout is None:
             subscribers = self._subscribers.get(key)
             if not subscribers:
                 return update
-            fanout = self._fanout[key] = tuple(subscribers.values())
+            fanout = self._fanout[key] = tuple(sink.deliver for sink in subscribers.values())
         for deliver in fanout:
             try:
                 deliver(update)
@@ -314,14 +378,47 @@ class LocalHub:
                 self.log.failure("Delivering {key} failed", key=key)
         return update
 
-    def subscribe(self, key: str, subscriber: Hashable, deliver: Deliver) -> None:
-        self._subscribers.setdefault(key, {})[subscriber] = deliver
+    def publish_batch(self, items: list[tuple[str, str, dict]]) -> list[Update]:
+        now = self._clock.seconds()
+        timestamp = isoformat(now)
+        updates = []
+        touched: list[ISink] = []
+        for channel, key, data in items:
+            update = self._record(channel, key, data, True, now, timestamp)
+            updates.append(update)
+            sinks = self._sinks.get(key)
+            if sinks is None:
+                subscribers = self._subscribers.get(key)
+                if not subscribers:
+                    continue
+                sinks = self._sinks[key] = tuple(subscribers.values())
+            for sink in sinks:
+                try:
+                    if sink.enqueue(update):
+                        touched.append(sink)
+                except Exception:
+                    self.log.failure("Delivering {key} failed", key=key)
+        for sink in touched:
+            try:
+                sink.flush()
+            except Exception:
+                self.log.failure("Flushing a batch failed")
+        return updates
+
+    def subscribe(self, key: str, subscriber: Hashable, sink: ISink | Deliver) -> None:
+        if not ISink.providedBy(sink):
+            sink = CallableSink(sink)
+        self._subscribers.setdefault(key, {})[subscriber] = sink
+        self._forget_caches(key)
+
+    def _forget_caches(self, key: str) -> None:
         self._fanout.pop(key, None)
+        self._sinks.pop(key, None)
 
     def unsubscribe(self, key: str, subscriber: Hashable) -> None:
         subscribers = self._subscribers.get(key)
         if subscribers is not None and subscribers.pop(subscriber, None) is not None:
-            self._fanout.pop(key, None)
+            self._forget_caches(key)
             if not subscribers:
                 del self._subscribers[key]
 
@@ -329,7 +426,7 @@ class LocalHub:
         latest = self._latest.get(key)
         if latest is None:
             return None
-        return self._update(key, *latest)
+        return self._update(key, *latest, True)
 
     def subscriber_count(self, key: str) -> int:
         return len(self._subscribers.get(key, ()))

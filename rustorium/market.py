@@ -148,12 +148,16 @@ class MarketService(Service):
             self.log.failure("A market tick failed")
 
     def _publish(self, quotes: list[Quote]) -> None:
-        publish = self._hub.publish
+        """
+        Publish the tick as one batch, so a client following several
+        markets gets them all in one write.
+        """
+        batch = []
         for quote in quotes:
             market = quote.market
             token = market.token
             price = format_units(quote.price, PRICE_DECIMALS)
-            publish(
+            batch.append((
                 MARKET_DATA,
                 channel_key(MARKET_DATA, market.symbol),
                 {
@@ -162,8 +166,8 @@ class MarketService(Service):
                     "change_24h": quote.change_24h,
                     "volume_24h": str(quote.volume_24h),
                 },
-            )
-            publish(
+            ))
+            batch.append((
                 TOKEN_UPDATES,
                 channel_key(TOKEN_UPDATES, token.token_id),
                 {
@@ -171,4 +175,5 @@ class MarketService(Service):
                     "price": price,
                     "volume": format_units(self._token_volume(token.token_id), token.decimals),
                 },
-            )
+            ))
+        self._hub.publish_batch(batch)

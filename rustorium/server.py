@@ -7,6 +7,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from . import __version__
 from .apikeys import KeyStore
 from .catalog import Catalog
@@ -59,6 +61,20 @@ class SessionRegistry:
         return len(self._last_seen)
 
 
+@attrs.define
+class Counters:
+    """
+    Event counts for operators (exported as metrics).
+
+    @ivar conflated: updates a slow reader never got because a newer value
+        of the same key replaced them.
+    @ivar slow_consumers: connections closed for reading too slowly.
+    """
+
+    conflated: int = 0
+    slow_consumers: int = 0
+
+
 class Server:
     """
     The API's shared state.
@@ -86,3 +102,4 @@ class Server:
         self.sessions = SessionRegistry()
         self.version = __version__
         self.ready = False
+        self.counters = Counters()

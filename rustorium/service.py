@@ -32,6 +32,7 @@ from .heartbeat import HeartbeatService
 from .hub import LocalHub, MessageIds
 from .ledger import DatabaseLedgerStore, Ledger
 from .market import MarketService
+from .output import listening_reactor
 from .server import Server
 from .storage import Database, engine_from_url
 from .subscriptions import ExpiryService
@@ -138,10 +139,11 @@ class RustoriumService(MultiService):
 
         factory = RustoriumServerFactory(server, reactor=reactor)
         self.site = build_site(factory, settings.handshake_timeout)
+        listening = listening_reactor(reactor) if settings.write_through else reactor
         for description in settings.listen:
             # strports.service makes a failure to listen stop start-up.
             strports.service(
-                with_backlog(description, settings.backlog), self.site, reactor=reactor
+                with_backlog(description, settings.backlog), self.site, reactor=listening
             ).setServiceParent(self)
 
     def websocket_resource(self) -> WebSocketResource:

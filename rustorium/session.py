@@ -42,7 +42,7 @@ from zope.interface import Interface
 from .amounts import format_units
 from .closecodes import CloseCode
 from .errors import ErrorCode, RequestError
-from .hub import ReplayOvertaken, Update
+from .hub import CallableSink, ReplayOvertaken, Update
 from .ledger import describe_transaction
 from .ratelimit import FloodWindow, TokenBucket
 from .requests import (
@@ -85,6 +85,16 @@ class IConnection(Interface):
     def deliver(update: Update) -> None:
         """
         Send a published update (its frame is prepared once for everyone).
+        """
+
+    def enqueue(update: Update) -> bool:
+        """
+        Queue an update of a batch (see L{rustorium.hub.ISink}).
+        """
+
+    def flush() -> None:
+        """
+        Send the queued batch in one write.
         """
 
     def send_frame(frame: Any) -> None:
@@ -132,8 +142,8 @@ class Session:
         self._by_topics: dict[tuple[str, tuple[str, ...]], Subscription] = {}
         self._key_counts: dict[str, int] = {}
         # Where the hub delivers this session's updates: the connection, or
-        # while a replay is streamed, the list holding live updates back.
-        self._deliver: Any = connection.deliver
+        # while a replay is streamed, a sink holding live updates back.
+        self._sink: Any = connection
         self._held: list[Update] | None = None
         self._replay: Iterator[Update] | None = None
         self._unrecovered: list[Subscription] = []
@@ -336,7 +346,7 @@ class Session:
         for key in subscription.keys:
             count = self._key_counts.get(key, 0)
             if not count:
-                hub.subscribe(key, self, self._deliver)
+                hub.subscribe(key, self, self._sink)
             self._key_counts[key] = count + 1
 
     def _remove(self, subscription: Subscription) -> None:
@@ -509,7 +519,7 @@ class Session:
             entries.append(entry)
         self.state = SessionState.RESUMING
         self._held = []
-        self._deliver = self._held.append
+        self._sink = CallableSink(self._held.append)
         for subscription in resumed.values():
             self._add(subscription)
         self.reply(
@@ -554,10 +564,10 @@ class Session:
         """
         held, self._held, self._replay = self._held, None, None
         self.state = SessionState.ACTIVE
-        self._deliver = self.connection.deliver
+        self._sink = self.connection
         hub = self._server.hub
         for key in self._key_counts:
-            hub.subscribe(key, self, self._deliver)
+            hub.subscribe(key, self, self._sink)
         for update in held:
             self.connection.deliver(update)
         unrecovered, self._unrecovered = self._unrecovered, []

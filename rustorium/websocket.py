@@ -1,9 +1,20 @@
 """
-The WebSocket layer: Autobahn protocol and factory, framing only.
+The WebSocket layer: Autobahn protocol and factory, framing and output only.
 
 The protocol authenticates the opening handshake (HTTP 401 before any
 session exists), then hands every message to its L{Session} and implements
 L{IConnection} for it. It knows WebSocket and nothing of the API.
+
+Output: updates and heartbeats are framed once for all connections, and
+written straight to the transport, which on the server's own ports writes
+through to the socket (L{rustorium.output}). A batch of updates (a market
+tick) is queued per connection and leaves in one write. The protocol is
+the transport's streaming producer: when the transport's buffer
+passes its bound Twisted pauses it, and until it resumes, updates on prices
+and volumes are conflated to the newest per key while transaction updates
+and replies are kept, up to C{max-backlog} bytes; past that the connection
+is closed with 4101 (its subscriptions stay resumable). Memory per reader
+stays bounded however slowly it reads.
 """
 
 from typing import Any
@@ -18,20 +29,22 @@ from zope.interface import implementer
 
 from . import __version__
 from .closecodes import CloseCode
-from .hub import Update
+from .hub import ISink, Update
 from .server import Server
 from .session import IConnection, Session
 from .storage.keys import ApiKey
 
 API_PATH = "/v1"
+_OPEN = WebSocketServerProtocol.STATE_OPEN
 
 
-def prepare_frame(payload: bytes) -> PreparedMessage:
+def prepare_frame(payload: bytes) -> bytes:
     """
-    Frame an encoded text message once for any number of connections.
-    (Compression is never negotiated, so the framed bytes serve everyone.)
+    Frame an encoded text message once for any number of connections: an
+    Autobahn prepared message's wire bytes. (Compression is never
+    negotiated, so the same bytes serve everyone.)
     """
-    return PreparedMessage(payload, False, False, True)
+    return PreparedMessage(payload, False, False, True).payloadHybi
 
 
 def _presented_key(request: Any) -> str | None:
@@ -47,7 +60,7 @@ def _presented_key(request: Any) -> str | None:
     return values[0] if values else None
 
 
-@implementer(IConnection)
+@implementer(IConnection, ISink)
 class RustoriumServerProtocol(WebSocketServerProtocol):
     """
     One WebSocket connection.
@@ -58,6 +71,14 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     _log = Logger()
     session: Session | None = None
     _api_key: ApiKey | None = None
+    # Output: frames queued by a batch, and while the transport has paused
+    # us, what is held back (conflation key or sequence -> frame).
+    _out: list[bytes] | None = None
+    _write: Any = None
+    _paused = False
+    _backlog: dict[object, bytes] | None = None
+    _backlog_bytes = 0
+    _held_replies = 0
 
     def onConnect(self, request: Any) -> "Deferred[None] | None":
         try:
@@ -99,6 +120,9 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         try:
+            self._out = []
+            self._write = self.transport.write
+            self._take_over_backpressure()
             self.session = Session(self, self._api_key, self.factory.api_server)
             self._log.info("Connection opened: {peer} with key {key}",
                            peer=self.peer, key=self._api_key.name)
@@ -126,23 +150,110 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         self._log.info("Connection closed: {peer} with key {key} (code {code})",
                        peer=self.peer, key=self._api_key.name, code=code)
 
-    # IConnection
-
-    def send_payload(self, payload: bytes) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendMessage(payload)
+    # IConnection and the hub's sink. The hub unsubscribes a session that
+    # ends, but Autobahn may start closing (a close frame from the peer, a
+    # protocol error) before telling us: no data frame may follow a close
+    # frame, hence the state checks.
 
     def deliver(self, update: Update) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendPreparedMessage(update.frame)
+        if self._paused:
+            self._hold(update.key if update.conflatable else update.number, update.frame)
+        elif self.state == _OPEN:
+            self._write(update.frame)
 
-    def send_frame(self, frame: PreparedMessage) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendPreparedMessage(frame)
+    def enqueue(self, update: Update) -> bool:
+        if self._paused:
+            self._hold(update.key if update.conflatable else update.number, update.frame)
+            return False
+        out = self._out
+        out.append(update.frame)
+        return len(out) == 1
+
+    def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        if self.state == _OPEN:
+            self._write(data)
+
+    def send_payload(self, payload: bytes) -> None:
+        self._send(prepare_frame(payload), None)
+
+    def send_frame(self, frame: bytes) -> None:
+        self._send(frame, "heartbeat")
 
     def close(self, code: int, reason: str) -> None:
-        if self.state == self.STATE_OPEN:
+        if self.state == _OPEN:
+            self.flush()
             self.sendClose(code, reason)
+
+    def _send(self, frame: bytes, conflation_key: object) -> None:
+        if self._paused:
+            if conflation_key is None:
+                self._held_replies += 1
+                conflation_key = ("reply", self._held_replies)
+            self._hold(conflation_key, frame)
+        elif self.state == _OPEN:
+            self._write(frame)
+
+    # Backpressure: this protocol is its transport's streaming producer.
+
+    def _take_over_backpressure(self) -> None:
+        """
+        Become the transport's producer. A connection taken over from
+        twisted.web still has the HTTP channel registered, which would stop
+        reading from the client when its output backs up.
+        """
+        transport = self.transport
+        try:
+            transport.unregisterProducer()
+        except RuntimeError:
+            pass
+        transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._backlog is None:
+            self._backlog = {}
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        backlog, self._backlog = self._backlog, None
+        self._backlog_bytes = 0
+        if backlog and self.state == _OPEN:
+            self._write(b"".join(backlog.values()))
+
+    def stopProducing(self) -> None:
+        self._out = None
+        self._backlog = None
+
+    def _hold(self, key: object, frame: bytes) -> None:
+        backlog = self._backlog
+        if isinstance(key, str):
+            # Conflate: keep the newest value of this key, at the back so
+            # that what is sent stays in order of message id.
+            if backlog.pop(key, None) is not None:
+                self.factory.api_server.counters.conflated += 1
+            backlog[key] = frame
+            return
+        backlog[key] = frame
+        self._backlog_bytes += len(frame)
+        if self._backlog_bytes > self.factory.api_server.settings.max_backlog:
+            self._slow_consumer()
+
+    def _slow_consumer(self) -> None:
+        self._log.info("Closing {peer} (key {key}): it reads too slowly",
+                       peer=self.peer, key=self._api_key.name)
+        self.factory.api_server.counters.slow_consumers += 1
+        self._backlog = {}
+        self._backlog_bytes = 0
+        session = self.session
+        if session is not None:
+            # The close frame queues behind what the client has not read;
+            # Autobahn's close timeout drops the connection if it never does.
+            session.close(CloseCode.SLOW_CONSUMER, "reading too slowly; reconnect and resume")
 
 
 class RustoriumServerFactory(WebSocketServerFactory):
@@ -158,7 +269,9 @@ class RustoriumServerFactory(WebSocketServerFactory):
 
     protocol = RustoriumServerProtocol
 
-    def __init__(self, api_server: Server, path: str | None = API_PATH, reactor: Any = None):
+    def __init__(
+        self, api_server: Server, path: str | None = API_PATH, reactor: Any = None
+    ) -> None:
         super().__init__(server=f"Rustorium/{__version__}", reactor=reactor)
         self.api_server = api_server
         self.path = path

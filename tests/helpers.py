@@ -12,7 +12,7 @@ from zope.interface import implementer
 from rustorium.catalog import Catalog
 from rustorium.config import Settings
 from rustorium.genesis import demo_genesis
-from rustorium.hub import LocalHub, MessageIds, Update
+from rustorium.hub import ISink, LocalHub, MessageIds, Update
 from rustorium.ledger import ILedgerStore, Ledger
 from rustorium.server import Server
 from rustorium.session import IConnection, Session
@@ -148,7 +148,7 @@ def make_server(
     return server
 
 
-@implementer(IConnection)
+@implementer(IConnection, ISink)
 @attrs.define
 class FakeConnection:
     """
@@ -168,6 +168,13 @@ class FakeConnection:
     def deliver(self, update: Update) -> None:
         self.updates.append(update)
         self.messages.append(orjson.loads(update.payload))
+
+    def enqueue(self, update: Update) -> bool:
+        self.deliver(update)
+        return False
+
+    def flush(self) -> None:
+        pass
 
     def send_frame(self, frame: Any) -> None:
         self.frames.append(frame)

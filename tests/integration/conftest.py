@@ -74,10 +74,18 @@ class ServerProcess:
     def output(self) -> str:
         return self.log_path.read_bytes().decode("utf-8", "replace")
 
-    def demo_key(self) -> str:
-        match = KEY_PATTERN.search(self.log_path.read_bytes())
-        assert match, self.output()
-        return match.group(1).decode()
+    def demo_key(self, timeout: float = 10.0) -> str:
+        """
+        The demo key the server logged (waiting for the line: the port may
+        accept connections a moment before it is written).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            match = KEY_PATTERN.search(self.log_path.read_bytes())
+            if match:
+                return match.group(1).decode()
+            assert time.monotonic() < deadline, self.output()
+            time.sleep(0.02)
 
     def create_key(self, *args: str) -> str:
         result = subprocess.run(

@@ -86,6 +86,7 @@ class Peer:
     """
 
     def __init__(self, clock, **settings):
+        self.clock = clock
         self.server = make_server(clock, prepare_frame, **settings)
         self.server.keys.keys[GOOD_KEY] = KEY
         self.factory = RustoriumServerFactory(self.server, reactor=clock)
@@ -104,6 +105,7 @@ class Peer:
         self.protocol.dataReceived(client_frame(payload))
 
     def received(self) -> list[tuple[int, bytes]]:
+        self.clock.advance(0)
         frames = server_frames(self.transport.value())
         self.transport.clear()
         return frames
