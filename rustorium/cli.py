@@ -1,12 +1,19 @@
 """
-The ``rustorium`` command: managing API keys from a shell.
+The ``rustorium`` command: managing API keys from a shell, and a
+command-line client of the API.
 
     rustorium keys create [--database URL] [--name NAME] [--address 0x..]...
     rustorium keys list [--database URL]
     rustorium keys revoke [--database URL] KEY_ID
+    rustorium listen [--url URL] [--api-key KEY] CHANNEL [PARAM...]
+    rustorium call [--url URL] [--api-key KEY] [--timeout S] TYPE [JSON-DATA]
 
 ``keys create`` prints the new key alone on the last line of standard
 output; it is shown only then. Keys work at once, also on a running server.
+
+``listen`` and ``call`` (in L{rustorium.client.commandline}) take the key
+from ``--api-key`` or ``RUSTORIUM_API_KEY`` and print JSON on standard
+output: one update a line, or the reply.
 """
 
 import argparse
@@ -15,6 +22,7 @@ import time
 from collections.abc import Sequence
 
 from .apikeys import generate_key, hash_key
+from .client import commandline
 from .identifiers import normalise_address
 from .storage import DatabaseURLError, SchemaError, engine_from_url, prepare_schema, run_blocking
 from .storage.keys import insert_key, list_keys, revoke_key
@@ -31,7 +39,8 @@ def _address(value: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rustorium", description="Rustorium server tools.")
+    parser = argparse.ArgumentParser(prog="rustorium",
+                                     description="Rustorium server tools and client.")
     commands = parser.add_subparsers(dest="command", required=True)
     keys = commands.add_parser("keys", help="create, list and revoke API keys")
     actions = keys.add_subparsers(dest="action", required=True)
@@ -48,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     with_database(actions.add_parser("list", help="list keys (never the keys themselves)"))
     revoke = with_database(actions.add_parser("revoke", help="revoke a key by its id"))
     revoke.add_argument("key_id", type=int, help="the id shown by 'rustorium keys list'")
+    commandline.add_commands(commands)
     return parser
 
 
@@ -92,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Run the command; return the exit status.
     """
     args = _parser().parse_args(argv)
+    if args.command in ("listen", "call"):
+        commandline.check_arguments(args)
+        return commandline.run(args)
     try:
         return _keys(args)
     except (DatabaseURLError, SchemaError) as e:

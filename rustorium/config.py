@@ -85,6 +85,42 @@ def _boolean(value: object) -> bool:
     raise ValueError("must be true or false")
 
 
+def normalise_origin(origin: str) -> str:
+    """
+    An origin as compared with the allow-list: lower case, without the
+    scheme's default port (C{https://App.example.com:443} is
+    C{https://app.example.com}).
+    """
+    origin = origin.strip().lower()
+    for scheme, port in (("https://", ":443"), ("http://", ":80")):
+        if origin.startswith(scheme) and origin.endswith(port):
+            return origin[: -len(port)]
+    return origin
+
+
+
+def _origins(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not all(
+        (isinstance(v, str) and "://" in v) or v == "null" for v in value
+    ):
+        raise ValueError('must be a list of origins such as "https://app.example.com"')
+    return tuple(normalise_origin(v) for v in value)
+
+
+def _whole(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("must be a whole number")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+    if number < 0:
+        raise ValueError("must be zero or more")
+    return number
+
+
 def _endpoints(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -146,6 +182,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Updates retained per channel key for replay on reconnect."),
     Setting("history-age", _positive_seconds, 300.0,
             "Seconds an update is retained for replay on reconnect."),
+    Setting("allowed-origins", _origins, (),
+            "Origins browsers may connect from (exact match); empty allows any. "
+            "Clients that send no Origin (non-browsers) are always allowed."),
+    Setting("max-connections-per-key", _whole, 0,
+            "Open connections allowed per API key (0: no limit); more get HTTP 429."),
     Setting("max-subscriptions", _count, 100,
             "Active subscriptions allowed per connection."),
     Setting("rate-limit", _positive_seconds, 10.0,
@@ -159,6 +200,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-backlog", _count, 1048576,
             "Bytes of transaction updates and replies held for a client that reads too "
             "slowly; past it the connection is closed (4101)."),
+    Setting("send-buffer", _whole, 0,
+            "Kernel send buffer per connection in bytes (SO_SNDBUF; 0: the system's)."),
     Setting("write-through", _boolean, True,
             "Send to the socket at once when nothing is buffered (faster fan-out)."),
     Setting("handshake-timeout", _positive_seconds, 10.0,
@@ -169,6 +212,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Listen backlog for tcp: and ssl: endpoints that do not set backlog=."),
     Setting("key-check-interval", _positive_seconds, 5.0,
             "Seconds between checks for revoked API keys of open connections."),
+    Setting("tls-reload-interval", _positive_seconds, 10.0,
+            "Seconds between checks of wss: certificate files for a renewal."),
+    Setting("tls-reload-signal", _boolean, True,
+            "Reload wss: certificates on SIGHUP."),
 )
 
 SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
@@ -192,17 +239,22 @@ class Settings:
     resume_window: float = 300.0
     history_size: int = 1000
     history_age: float = 300.0
+    allowed_origins: tuple[str, ...] = ()
+    max_connections_per_key: int = 0
     max_subscriptions: int = 100
     rate_limit: float = 10.0
     rate_burst: int = 10
     flood_limit: int = 50
     max_message_size: int = 65536
     max_backlog: int = 1048576
+    send_buffer: int = 0
     write_through: bool = True
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0
     backlog: int = 4096
     key_check_interval: float = 5.0
+    tls_reload_interval: float = 10.0
+    tls_reload_signal: bool = True
 
     @property
     def silence_timeout(self) -> float:

@@ -46,6 +46,13 @@ class GroupCommit(Generic[Row]):
         return d
 
     @property
+    def busy(self) -> bool:
+        """
+        Whether a commit is in flight or rows wait for one.
+        """
+        return self._writing or bool(self._queue)
+
+    @property
     def queued(self) -> int:
         """
         Rows waiting for the next commit.

@@ -13,8 +13,9 @@ can follow behind the same interface, so nothing may reach into
 L{LocalHub}'s attributes.
 """
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterator
+from time import perf_counter
 from typing import Any
 
 import attrs
@@ -339,6 +340,10 @@ class LocalHub:
         self._fanout: dict[str, tuple[Deliver, ...]] = {}
         self._sinks: dict[str, tuple[ISink, ...]] = {}
         self._latest: dict[str, tuple[dict, float]] = {}
+        self.deliveries: Counter[str] = Counter()
+        """Updates handed to subscribers, by channel (for metrics)."""
+        self.on_fan_out: Callable[[float], None] | None = None
+        """Called with the seconds each fan-out took (for metrics)."""
 
     def _update(self, key: str, body: dict, published_at: float, conflatable: bool) -> Update:
         number = self._ids.next()
@@ -365,48 +370,66 @@ class LocalHub:
     def publish(self, channel: str, key: str, data: dict, retain: bool = True) -> Update:
         now = self._clock.seconds()
         update = self._record(channel, key, data, retain, now, isoformat(now))
+        self._fan_out(update)
+        return update
+
+    def _fan_out(self, update: Update) -> None:
+        key = update.key
         fanout = self._fanout.get(key)
         if fanout is None:
             subscribers = self._subscribers.get(key)
             if not subscribers:
-                return update
+                return
             fanout = self._fanout[key] = tuple(sink.deliver for sink in subscribers.values())
+        started = perf_counter()
         for deliver in fanout:
             try:
                 deliver(update)
             except Exception:
                 self.log.failure("Delivering {key} failed", key=key)
-        return update
+        self._fanned_out(key, len(fanout), started)
+
+    def _fanned_out(self, key: str, count: int, started: float) -> None:
+        self.deliveries[key.partition(":")[0]] += count
+        if self.on_fan_out is not None:
+            self.on_fan_out(perf_counter() - started)
 
     def publish_batch(self, items: list[tuple[str, str, dict]]) -> list[Update]:
         now = self._clock.seconds()
         timestamp = isoformat(now)
-        updates = []
+        updates = [
+            self._record(channel, key, data, True, now, timestamp) for channel, key, data in items
+        ]
+        heard = [u for u in updates if u.key in self._subscribers]
+        if len(heard) == 1:
+            # Nobody can get two of this batch: deliver at once.
+            self._fan_out(heard[0])
+            return updates
+        started = perf_counter()
         touched: list[ISink] = []
-        for channel, key, data in items:
-            update = self._record(channel, key, data, True, now, timestamp)
-            updates.append(update)
+        for update in heard:
+            key = update.key
             sinks = self._sinks.get(key)
             if sinks is None:
-                subscribers = self._subscribers.get(key)
-                if not subscribers:
-                    continue
-                sinks = self._sinks[key] = tuple(subscribers.values())
+                sinks = self._sinks[key] = tuple(self._subscribers[key].values())
             for sink in sinks:
                 try:
                     if sink.enqueue(update):
                         touched.append(sink)
                 except Exception:
                     self.log.failure("Delivering {key} failed", key=key)
+            self.deliveries[key.partition(":")[0]] += len(sinks)
         for sink in touched:
             try:
                 sink.flush()
             except Exception:
                 self.log.failure("Flushing a batch failed")
+        if heard and self.on_fan_out is not None:
+            self.on_fan_out(perf_counter() - started)
         return updates
 
     def subscribe(self, key: str, subscriber: Hashable, sink: ISink | Deliver) -> None:
-        if not ISink.providedBy(sink):
+        if not hasattr(sink, "enqueue"):
             sink = CallableSink(sink)
         self._subscribers.setdefault(key, {})[subscriber] = sink
         self._forget_caches(key)

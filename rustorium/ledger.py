@@ -201,6 +201,13 @@ class Ledger:
         return self._store.find(transaction_id)
 
     @property
+    def busy(self) -> bool:
+        """
+        Whether a commit or a block is being written.
+        """
+        return self._block_in_progress or self._committer.busy
+
+    @property
     def pending_count(self) -> int:
         """
         Accepted transactions not yet in a block.

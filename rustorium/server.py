@@ -3,7 +3,7 @@ The server's shared state: what every session reaches, and nothing that
 knows about WebSocket.
 """
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -69,10 +69,18 @@ class Counters:
     @ivar conflated: updates a slow reader never got because a newer value
         of the same key replaced them.
     @ivar slow_consumers: connections closed for reading too slowly.
+    @ivar received: client messages by type (C{invalid} when unparsable).
+    @ivar sent: replies by type.
+    @ivar errors: error replies by code.
+    @ivar rate_limited: messages refused by the rate limit.
     """
 
     conflated: int = 0
     slow_consumers: int = 0
+    received: Counter[str] = attrs.Factory(Counter)
+    sent: Counter[str] = attrs.Factory(Counter)
+    errors: Counter[str] = attrs.Factory(Counter)
+    rate_limited: int = 0
 
 
 class Server:
@@ -103,3 +111,4 @@ class Server:
         self.version = __version__
         self.ready = False
         self.counters = Counters()
+        self.connections_per_key: Counter[int] = Counter()

@@ -20,8 +20,11 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from . import tls
 from .apikeys import KeyStore, RevocationService
 from .bootstrap import MESSAGE_ID_BLOCK, prepare_database, reserve_message_ids
 from .catalog import Catalog
@@ -32,6 +35,7 @@ from .heartbeat import HeartbeatService
 from .hub import LocalHub, MessageIds
 from .ledger import DatabaseLedgerStore, Ledger
 from .market import MarketService
+from .metrics import HealthPage, MetricsPage, make_registry
 from .output import listening_reactor
 from .server import Server
 from .storage import Database, engine_from_url
@@ -40,6 +44,9 @@ from .web import build_site
 from .websocket import RustoriumServerFactory, prepare_frame
 
 log = Logger()
+
+SHUTDOWN_LEDGER_TIMEOUT = 5.0
+"""Seconds a shutdown waits for the block and commits in progress."""
 
 _BACKLOG_ENDPOINTS = re.compile(r"(tcp6?|ssl|unix):", re.IGNORECASE)
 
@@ -72,8 +79,13 @@ def connect_url(endpoint: str) -> str:
                 host = f"[{value}]" if ":" in value else value
         elif _PORT.match(part):
             port = _PORT.match(part).group(1)
-    scheme = "wss" if kind.lower() == "ssl" else "ws"
+    scheme = "wss" if kind.lower() in ("ssl", "wss") else "ws"
     return f"{scheme}://{host}:{port}/v1"
+
+
+def _ping_database(txn: Any) -> None:
+    txn.execute("SELECT 1")
+    txn.fetchall()
 
 
 class _DatabaseService(Service):
@@ -137,13 +149,34 @@ class RustoriumService(MultiService):
             settings.key_check_interval, server.keys, lambda: list(server.sessions), reactor
         ).setServiceParent(self)
 
-        factory = RustoriumServerFactory(server, reactor=reactor)
-        self.site = build_site(factory, settings.handshake_timeout)
+        self._factories = [factory := RustoriumServerFactory(server, reactor=reactor)]
+        self.metrics = make_registry(server)
+        self.site = build_site(
+            factory,
+            settings.handshake_timeout,
+            HealthPage(server, lambda: database.run(_ping_database)),
+            MetricsPage(self.metrics),
+        )
+        # The listeners are not children: they start after everything else
+        # and stop before anything else (see stopService).
+        self._listeners = MultiService()
         listening = listening_reactor(reactor) if settings.write_through else reactor
+        certificates = []
         for description in settings.listen:
+            found = tls.server_endpoint(listening, description, settings.backlog)
+            if found is not None:
+                endpoint, certificate = found
+                certificates.append(certificate)
+                tls.listening_service(endpoint, self.site).setServiceParent(self._listeners)
+                continue
             # strports.service makes a failure to listen stop start-up.
             strports.service(
                 with_backlog(description, settings.backlog), self.site, reactor=listening
+            ).setServiceParent(self._listeners)
+        if certificates:
+            tls.CertificateReloadService(
+                certificates, reactor, settings.tls_reload_interval,
+                sighup=settings.tls_reload_signal,
             ).setServiceParent(self)
 
     def websocket_resource(self) -> WebSocketResource:
@@ -151,26 +184,61 @@ class RustoriumService(MultiService):
         The WebSocket API as a resource to mount in another C{twisted.web}
         site, at any path.
         """
-        return WebSocketResource(
-            RustoriumServerFactory(self.server, path=None, reactor=self._reactor)
-        )
+        factory = RustoriumServerFactory(self.server, path=None, reactor=self._reactor)
+        self._factories.append(factory)
+        return WebSocketResource(factory)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listeners.privilegedStartService()
 
     def startService(self) -> None:
         super().startService()
+        self._listeners.startService()
         self.server.ready = True
         if self.demo_key is not None:
             url = connect_url(self.settings.listen[0]) if self.settings.listen else "URL"
             log.info(
                 "Created the demo API key (shown only now): {demo_key}\n"
                 "\tConnect with {url}?api_key={demo_key}",
-                demo_key=self.demo_key, url=url,
+                demo_key=self.demo_key, url=url, show_secret=True,
             )
 
-    def stopService(self) -> Any:
-        self.server.ready = False
-        for session in self.server.sessions:
+    def stopService(self) -> "Deferred[None]":
+        """
+        Shut down gracefully, within about C{close-timeout} + 5 seconds:
+        stop accepting connections, close every connection with 4200
+        (reconnect at once), let the block and the commits in progress
+        finish, wait for the closing handshakes, then stop the timers and
+        close the database. Accepted transactions are on disk already;
+        pending ones are confirmed by the first block after a restart.
+        """
+        return ensureDeferred(self._shut_down())
+
+    async def _shut_down(self) -> None:
+        server = self.server
+        server.ready = False
+        if self._listeners.running:
+            await self._listeners.stopService()
+        sessions = list(server.sessions)
+        log.info("Shutting down: closing {count} connections", count=len(sessions))
+        for session in sessions:
             session.close(CloseCode.SHUTTING_DOWN, "server shutting down")
-        return super().stopService()
+        await self._until(lambda: not server.ledger.busy, SHUTDOWN_LEDGER_TIMEOUT)
+        await self._until(
+            lambda: not any(f.open_connections for f in self._factories),
+            self.settings.close_timeout + 1,
+        )
+        await MultiService.stopService(self)
+
+    async def _until(self, condition: Any, timeout: float) -> None:
+        """
+        Wait, polling on the reactor's clock, until C{condition()} holds or
+        C{timeout} seconds pass.
+        """
+        deadline = self._reactor.seconds() + timeout
+        while not condition() and self._reactor.seconds() < deadline:
+            await deferLater(self._reactor, 0.05, lambda: None)
 
 
 def makeService(config: Settings | Mapping[str, object], reactor: Any = None) -> RustoriumService:

@@ -157,7 +157,8 @@ class Session:
         """
         if self.state is SessionState.CLOSED:
             return
-        self._server.sessions.touch(self, self._server.clock.seconds())
+        server = self._server
+        server.sessions.touch(self, server.clock.seconds())
         envelope: Envelope | None = None
         problem: RequestError | None = None
         if is_binary:
@@ -171,9 +172,12 @@ class Session:
                 problem = e
             else:
                 if envelope.type == "heartbeat_response":
+                    server.counters.received["heartbeat_response"] += 1
                     return
+        server.counters.received[envelope.type if envelope else "invalid"] += 1
         request_id = envelope.request_id if envelope else problem.request_id
         if not self._bucket.take():
+            server.counters.rate_limited += 1
             self._rate_limited(request_id)
             return
         if problem is not None:
@@ -194,6 +198,7 @@ class Session:
         Send a reply, unless the session has closed.
         """
         if self.state is not SessionState.CLOSED:
+            self._server.counters.sent[kind] += 1
             self.connection.send_payload(
                 orjson.dumps({"id": request_id, "type": kind, "data": data})
             )
@@ -246,6 +251,7 @@ class Session:
             self.connection.deliver(update)
 
     def _send_error(self, request_id: object, error: RequestError) -> None:
+        self._server.counters.errors[error.code] += 1
         self.reply(
             request_id, "error", {"code": str(error.code), "message": error.message, **error.extra}
         )
@@ -253,8 +259,8 @@ class Session:
     def _rate_limited(self, request_id: object) -> None:
         if self._flood.exceeded():
             self.log.info(
-                "Closing {peer} (key {key}): kept sending past the rate limit",
-                peer=self.connection.peer, key=self.api_key.name,
+                "Closing {peer} (key {key_name}): kept sending past the rate limit",
+                peer=self.connection.peer, key_name=self.api_key.name,
             )
             self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded repeatedly")
             return

@@ -168,6 +168,12 @@ class SubscriptionRegistry:
             self.remove(subscription)
         return len(expired)
 
+    def all(self) -> list[Subscription]:
+        """
+        Every subscription, attached or detached.
+        """
+        return list(self._all.values())
+
     def __len__(self) -> int:
         return len(self._all)
 

@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from . import tls
 from .config import SETTINGS, ConfigError, Settings, load_toml
 from .genesis import GenesisError, load_genesis
 from .service import RustoriumService
@@ -51,8 +52,9 @@ class Options(usage.Options):
 
     def opt_listen(self, endpoint: str) -> None:
         """
-        Twisted server endpoint string to listen on, such as tcp:8765 or
-        ssl:8443:privateKey=key.pem:certKey=cert.pem (repeatable)
+        Twisted server endpoint string to listen on, such as tcp:8765,
+        ssl:8443:privateKey=key.pem:certKey=cert.pem or
+        wss:8443:certificate=cert.pem:privateKey=key.pem (repeatable)
         [default: tcp:8765:interface=127.0.0.1]
         """
         self["listen"].append(endpoint)
@@ -85,6 +87,14 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         for endpoint in settings.listen:
+            if tls.is_tls_description(endpoint):
+                try:
+                    tls.check_description(endpoint)
+                except tls.TLSEndpointError as e:
+                    raise usage.UsageError(
+                        f"bad --listen endpoint {endpoint!r}: {e.detail}"
+                    ) from None
+                continue
             try:
                 serverFromString(reactor, endpoint)
             except Exception as e:

@@ -17,6 +17,7 @@ from .websocket import RustoriumServerFactory
 _INDEX = (
     "Rustorium server {version}\n"
     "WebSocket API: /v1?api_key=KEY (or Authorization: Bearer KEY)\n"
+    "Health: /healthz   Metrics: /metrics\n"
 )
 
 
@@ -45,9 +46,12 @@ class Index(Resource):
         return _INDEX.format(version=__version__).encode("utf-8")
 
 
-def build_site(factory: RustoriumServerFactory, timeout: float) -> Site:
+def build_site(
+    factory: RustoriumServerFactory, timeout: float, health: Resource, metrics: Resource
+) -> Site:
     """
-    The site for a listening port: C{/v1} is the WebSocket API.
+    The site for a listening port: C{/v1} is the WebSocket API, C{/healthz}
+    and C{/metrics} are for operators.
 
     @param timeout: seconds an idle HTTP connection (one that has not
         finished its request) is kept.
@@ -55,6 +59,8 @@ def build_site(factory: RustoriumServerFactory, timeout: float) -> Site:
     root = Resource()
     root.putChild(b"", Index())
     root.putChild(b"v1", WebSocketResource(factory))
+    root.putChild(b"healthz", health)
+    root.putChild(b"metrics", metrics)
     site = Site(root, logFormatter=redacted_log_formatter)
     site.timeOut = timeout
     site.displayTracebacks = False

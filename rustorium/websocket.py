@@ -17,6 +17,7 @@ is closed with 4101 (its subscriptions stay resumable). Memory per reader
 stays bounded however slowly it reads.
 """
 
+import socket
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -29,6 +30,7 @@ from zope.interface import implementer
 
 from . import __version__
 from .closecodes import CloseCode
+from .config import normalise_origin
 from .hub import ISink, Update
 from .server import Server
 from .session import IConnection, Session
@@ -79,6 +81,20 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     _backlog: dict[object, bytes] | None = None
     _backlog_bytes = 0
     _held_replies = 0
+    _opened_at = 0.0
+
+    def connectionMade(self) -> None:
+        self.factory.open_connections.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.open_connections.discard(self)
+        if self._api_key is not None:
+            counts = self.factory.api_server.connections_per_key
+            counts[self._api_key.key_id] -= 1
+            if counts[self._api_key.key_id] <= 0:
+                del counts[self._api_key.key_id]
+        super().connectionLost(reason)
 
     def onConnect(self, request: Any) -> "Deferred[None] | None":
         try:
@@ -97,6 +113,12 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         path = self.factory.path
         if path is not None and request.path != path:
             raise ConnectionDeny(404, f"no WebSocket endpoint here; connect to {path}")
+        allowed = server.settings.allowed_origins
+        origin = request.headers.get("origin")
+        if allowed and origin is not None and normalise_origin(origin) not in allowed:
+            self._log.info("Refused a handshake from {peer}: origin {origin} not allowed",
+                           peer=self.peer, origin=origin[:200])
+            raise ConnectionDeny(403, "this origin is not allowed")
         key = _presented_key(request)
         if key is None:
             raise ConnectionDeny(
@@ -112,6 +134,18 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self._log.info("Refused a handshake from {peer}: unknown or revoked API key",
                            peer=self.peer)
             raise ConnectionDeny(401, "unknown or revoked API key")
+        server: Server = self.factory.api_server
+        limit = server.settings.max_connections_per_key
+        counts = server.connections_per_key
+        if limit and counts[api_key.key_id] >= limit:
+            self._log.info(
+                "Refused a handshake from {peer}: key {key_name} has {limit} connections",
+                peer=self.peer, key_name=api_key.name, limit=limit,
+            )
+            raise ConnectionDeny(
+                429, f"this API key already has {limit} connections, the most allowed"
+            )
+        counts[api_key.key_id] += 1
         self._api_key = api_key
 
     def _authentication_failed(self, failure: Failure) -> None:
@@ -123,9 +157,11 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self._out = []
             self._write = self.transport.write
             self._take_over_backpressure()
+            self._set_send_buffer()
             self.session = Session(self, self._api_key, self.factory.api_server)
-            self._log.info("Connection opened: {peer} with key {key}",
-                           peer=self.peer, key=self._api_key.name)
+            self._opened_at = self.factory.reactor.seconds()
+            self._log.info("Connection opened: {peer} with key {key_name}",
+                           peer=self.peer, key_name=self._api_key.name)
         except Exception:
             # onOpen runs in a Deferred chain with no errback: log here.
             self._log.failure("Opening a session failed")
@@ -147,8 +183,11 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             return
         self.session = None
         session.connection_lost()
-        self._log.info("Connection closed: {peer} with key {key} (code {code})",
-                       peer=self.peer, key=self._api_key.name, code=code)
+        self._log.info(
+            "Connection closed: {peer} with key {key_name} (code {code}, {seconds:.1f} s)",
+            peer=self.peer, key_name=self._api_key.name, code=code, reason=reason,
+            seconds=self.factory.reactor.seconds() - self._opened_at,
+        )
 
     # IConnection and the hub's sink. The hub unsubscribes a session that
     # ends, but Autobahn may start closing (a close frame from the peer, a
@@ -213,6 +252,14 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             pass
         transport.registerProducer(self, True)
 
+    def _set_send_buffer(self) -> None:
+        size = self.factory.api_server.settings.send_buffer
+        if not size:
+            return
+        handle = getattr(self.transport, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket):
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
     def pauseProducing(self) -> None:
         self._paused = True
         if self._backlog is None:
@@ -244,8 +291,8 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self._slow_consumer()
 
     def _slow_consumer(self) -> None:
-        self._log.info("Closing {peer} (key {key}): it reads too slowly",
-                       peer=self.peer, key=self._api_key.name)
+        self._log.info("Closing {peer} (key {key_name}): it reads too slowly",
+                       peer=self.peer, key_name=self._api_key.name)
         self.factory.api_server.counters.slow_consumers += 1
         self._backlog = {}
         self._backlog_bytes = 0
@@ -275,6 +322,7 @@ class RustoriumServerFactory(WebSocketServerFactory):
         super().__init__(server=f"Rustorium/{__version__}", reactor=reactor)
         self.api_server = api_server
         self.path = path
+        self.open_connections: set[RustoriumServerProtocol] = set()
         settings = api_server.settings
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_message_size,
@@ -286,4 +334,8 @@ class RustoriumServerFactory(WebSocketServerFactory):
             perMessageCompressionAccept=lambda offers: None,
             autoPingInterval=0,
             tcpNoDelay=True,
+            # Origins are checked against allowed-origins in onConnect (403);
+            # Autobahn's own check would refuse file:// pages with a 400
+            # even when any origin is allowed.
+            allowNullOrigin=True,
         )

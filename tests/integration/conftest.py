@@ -40,8 +40,11 @@ class ServerProcess:
     A ``twistd -n rustorium`` child process.
     """
 
-    def __init__(self, directory: Path, *args: str, port: int | None = None) -> None:
+    def __init__(
+        self, directory: Path, *args: str, port: int | None = None, twistd_args: tuple = ()
+    ) -> None:
         self.directory = directory
+        self.twistd_args = tuple(twistd_args)
         self.port = port or free_port()
         self.database = f"sqlite:{directory / 'rustorium.db'}"
         self.args = args
@@ -55,7 +58,7 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> "ServerProcess":
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [str(BIN / "twistd"), "-n", "--pidfile=", "rustorium",
+            [str(BIN / "twistd"), "-n", "--pidfile=", *self.twistd_args, "rustorium",
              "--listen", f"tcp:{self.port}:interface=127.0.0.1",
              "--database", self.database, *self.args],
             cwd=self.directory, env=environment(), stdout=self._log, stderr=subprocess.STDOUT,
@@ -111,8 +114,8 @@ def start_server(tmp_path):
     """
     started: list[ServerProcess] = []
 
-    def start(*args: str, port: int | None = None) -> ServerProcess:
-        server = ServerProcess(tmp_path, *args, port=port).start()
+    def start(*args: str, port: int | None = None, twistd_args: tuple = ()) -> ServerProcess:
+        server = ServerProcess(tmp_path, *args, port=port, twistd_args=twistd_args).start()
         started.append(server)
         return server
 

@@ -245,14 +245,22 @@ def test_close_codes() -> None:
         assert row["action"] == expected, code
 
 
-def _sent_types() -> set[str]:
+CLIENT_PACKAGE = Path(rustorium.__file__).parent / "client"
+
+
+def _sent_types(client: bool = False) -> set[str]:
     """
-    The message types the server's code sends as literals: the second
-    argument of C{.reply(id, "type", ...)} calls, and C{"type": "..."} in
-    dict displays.
+    The message types the server's code (or with C{client}, the client
+    library's) sends as literals: the second argument of C{.reply(id,
+    "type", ...)} calls, and C{"type": "..."} in dict displays.
     """
     found = set()
-    for path in Path(rustorium.__file__).parent.rglob("*.py"):
+    root = Path(rustorium.__file__).parent
+    # The client's errors module builds received error messages; skip it.
+    paths = (p for p in CLIENT_PACKAGE.rglob("*.py") if p.name != "errors.py") if client else (
+        p for p in root.rglob("*.py") if CLIENT_PACKAGE not in p.parents
+    )
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (
                 isinstance(node, ast.Call)
@@ -283,6 +291,16 @@ def test_every_type_sent_is_documented() -> None:
     sent = _sent_types()
     assert {"update", "heartbeat", "error", "pong"} <= sent
     assert sent <= _names(SERVER), sent - _names(SERVER)
+
+
+def test_every_type_the_client_library_sends_is_documented() -> None:
+    """
+    The client library (rustorium.client) is checked the other way round:
+    its literal message types are documented client messages.
+    """
+    sent = _sent_types(client=True)
+    assert "heartbeat_response" in sent
+    assert sent <= _names(CLIENT), sent - _names(CLIENT)
 
 
 # Hand-made samples

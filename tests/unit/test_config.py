@@ -131,3 +131,23 @@ def test_every_setting_documented_in_etc():
 def test_from_sources_rejects_unknown():
     with pytest.raises(ConfigError):
         Settings.from_sources({"nope": 1})
+
+
+def test_every_setting_in_the_operations_guide():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "operations.rst").read_text()
+    for setting in SETTINGS:
+        assert f"``{setting.name}``" in text, setting.name
+
+
+def test_production_example_parses():
+    from pathlib import Path
+
+    from rustorium.config import load_toml
+
+    path = Path(__file__).parents[2] / "etc" / "production.toml"
+    settings = Settings.from_sources(load_toml(str(path)))
+    assert settings.allowed_origins == ("https://app.example.com",)
+    assert settings.max_connections_per_key == 50
+    assert len(settings.listen) == 2

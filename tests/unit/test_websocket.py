@@ -228,3 +228,54 @@ def test_connection_lost_ends_session(clock):
     peer.protocol.connectionLost(Failure(ConnectionDone()))
     assert len(peer.server.sessions) == 0
     assert peer.server.hub.subscriber_count("market_data:MTK/USD") == 0
+
+
+class TestOrigins:
+    @pytest.mark.parametrize(
+        ("origin", "status_code"),
+        [
+            (None, 101),
+            ("https://app.example.com", 101),
+            ("https://APP.example.com:443", 101),
+            ("https://evil.example", 403),
+            ("https://app.example.com.evil.example", 403),
+            ("http://app.example.com", 403),
+            ("null", 403),
+        ],
+    )
+    def test_allow_list(self, clock, origin, status_code):
+        peer = Peer(clock, allowed_origins=("https://app.example.com",))
+        headers = [f"Origin: {origin}"] if origin else []
+        assert status(peer.open(handshake(headers=headers))) == status_code
+
+    @pytest.mark.parametrize("origin", ["https://anything", "null"])
+    def test_any_origin_by_default(self, clock, origin):
+        peer = Peer(clock)
+        assert status(peer.open(handshake(headers=[f"Origin: {origin}"]))) == 101
+
+
+def test_connections_per_key(clock):
+    """
+    Past max-connections-per-key, handshakes get 429; a closed connection
+    frees its place.
+    """
+    first = Peer(clock, max_connections_per_key=2)
+    server = first.server
+
+    def another():
+        peer = Peer(clock)
+        peer.server = server
+        peer.factory = RustoriumServerFactory(server, reactor=clock)
+        peer.protocol = peer.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+        peer.transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+        peer.protocol.makeConnection(peer.transport)
+        return peer
+
+    assert status(first.open()) == 101
+    second = another()
+    assert status(second.open()) == 101
+    third = another()
+    assert status(third.open()) == 429
+    first.protocol.connectionLost(Failure(ConnectionDone()))
+    fourth = another()
+    assert status(fourth.open()) == 101
