@@ -9,6 +9,9 @@ decimals and a supply of ``10**24`` base units must round-trip exactly.
 import re
 
 _DECIMAL = re.compile(r"(0|[1-9][0-9]*)(?:\.([0-9]+))?\Z")
+MAX_WHOLE_DIGITS = 40
+"""More whole digits than any supply has (and Python's int() refuses over
+4,300): such an amount is refused before it is converted."""
 
 
 class AmountError(ValueError):
@@ -35,6 +38,8 @@ def parse_units(text: object, decimals: int, what: str = "amount") -> int:
             "(digits, an optional fraction, no sign or exponent)"
         )
     whole, fraction = match.group(1), match.group(2) or ""
+    if len(whole) > MAX_WHOLE_DIGITS:
+        raise AmountError(f"{what} {_shorten(text)!r} is too large")
     fraction = fraction.rstrip("0")
     if len(fraction) > decimals:
         raise AmountError(

@@ -43,12 +43,7 @@ def _positive_seconds(value: object) -> float:
 
 
 def _count(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError("must be a whole number")
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError("must be a whole number") from None
+    number = _integer(value)
     if number < 1:
         raise ValueError("must be at least 1")
     return number
@@ -68,11 +63,11 @@ def _optional_text(value: object) -> str | None:
 
 def _integer(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError("must be an integer")
+        raise ValueError("must be a whole number")
     try:
         return int(value)
     except ValueError:
-        raise ValueError("must be an integer") from None
+        raise ValueError("must be a whole number") from None
 
 
 def _boolean(value: object) -> bool:
@@ -110,12 +105,7 @@ def _origins(value: object) -> tuple[str, ...]:
 
 
 def _whole(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError("must be a whole number")
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError("must be a whole number") from None
+    number = _integer(value)
     if number < 0:
         raise ValueError("must be zero or more")
     return number

@@ -27,20 +27,14 @@ class WriteThroughServer(tcp.Server):
     """
 
     def write(self, data: bytes) -> None:
-        if (
-            not self.dataBuffer
-            and not self._tempDataLen
-            and self.connected
-            and not self.disconnecting
-            and not self._writeDisconnected
-        ):
+        # Only the buffer's emptiness is checked here. A closed or
+        # half-closed socket refuses the send, and Twisted's write below
+        # then does what it always does (drops the data, or buffers it for
+        # doWrite to meet the error and lose the connection).
+        if not self.dataBuffer and not self._tempDataLen:
             try:
                 sent = self.socket.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
             except OSError:
-                # Buffer it: Twisted's doWrite meets the same error and
-                # loses the connection the usual way.
                 sent = 0
             if sent == len(data):
                 return

@@ -135,7 +135,16 @@ def _invalid(message: str) -> RequestError:
 
 
 def _shorten(value: object, limit: int = 40) -> str:
-    text = value if isinstance(value, str) else orjson.dumps(value).decode("utf-8", "replace")
+    """
+    A short quotation of a client's value for an error message. Only
+    scalars are quoted; a list or object (possibly nested a thousand levels
+    deep) is named, not serialised.
+    """
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 

@@ -127,6 +127,12 @@ class Session:
     @ivar api_key: the key it authenticated with.
     """
 
+    # Thousands of these live at once: no per-instance __dict__.
+    __slots__ = (
+        "_bucket", "_by_topics", "_flood", "_held", "_key_counts", "_replay", "_server",
+        "_sink", "_subscriptions", "_unrecovered", "api_key", "connection", "state",
+    )
+
     log = Logger()
 
     def __init__(self, connection: IConnection, api_key: ApiKey, server: Server) -> None:

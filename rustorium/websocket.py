@@ -77,6 +77,9 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     # us, what is held back (conflation key or sequence -> frame).
     _out: list[bytes] | None = None
     _write: Any = None
+    # Open and not paused: the one check on the hot path. Cleared before
+    # any close frame leaves (sendCloseFrame) and while paused.
+    _direct = False
     _paused = False
     _backlog: dict[object, bytes] | None = None
     _backlog_bytes = 0
@@ -158,6 +161,7 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self._write = self.transport.write
             self._take_over_backpressure()
             self._set_send_buffer()
+            self._direct = not self._paused
             self.session = Session(self, self._api_key, self.factory.api_server)
             self._opened_at = self.factory.reactor.seconds()
             self._log.info("Connection opened: {peer} with key {key_name}",
@@ -195,10 +199,10 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     # frame, hence the state checks.
 
     def deliver(self, update: Update) -> None:
-        if self._paused:
-            self._hold(update.key if update.conflatable else update.number, update.frame)
-        elif self.state == _OPEN:
+        if self._direct:
             self._write(update.frame)
+        elif self._paused:
+            self._hold(update.key if update.conflatable else update.number, update.frame)
 
     def enqueue(self, update: Update) -> bool:
         if self._paused:
@@ -260,13 +264,19 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         if isinstance(handle, socket.socket):
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
+    def sendCloseFrame(self, *args: Any, **kwargs: Any) -> None:
+        self._direct = False
+        super().sendCloseFrame(*args, **kwargs)
+
     def pauseProducing(self) -> None:
         self._paused = True
+        self._direct = False
         if self._backlog is None:
             self._backlog = {}
 
     def resumeProducing(self) -> None:
         self._paused = False
+        self._direct = self.state == _OPEN
         backlog, self._backlog = self._backlog, None
         self._backlog_bytes = 0
         if backlog and self.state == _OPEN:

@@ -92,6 +92,16 @@ class TestAmounts:
         with pytest.raises(AmountError):
             parse_units(text, 18)
 
+    def test_too_many_digits(self):
+        """
+        An amount with more whole digits than any supply is refused before
+        int() would choke on it (Python refuses over 4,300 digits).
+        """
+        with pytest.raises(AmountError) as raised:
+            parse_units("9" * 70_000, 18)
+        assert "too large" in str(raised.value)
+        assert parse_units("9" * 40, 0) == int("9" * 40)
+
     def test_too_precise(self):
         with pytest.raises(AmountError) as raised:
             parse_units("1.001", 2)

@@ -141,11 +141,31 @@ class TestWriteThrough:
         assert not producer.paused
         assert len(sock.sent) == server.bufferSize + 1
 
-    def test_disconnecting_falls_back(self):
+    def test_disconnecting_still_sends(self):
+        """
+        Like Twisted's write, data written after loseConnection still
+        leaves before the connection closes.
+        """
         server, sock, _ = transport()
         server.disconnecting = True
         server.write(b"late")
-        assert sock.sends == 0
+        assert sock.sent == b"late"
+
+    def test_closed_socket_falls_back(self):
+        """
+        A send the socket refuses goes to Twisted's write, which drops it
+        on a connection that is gone.
+        """
+        server, sock, reactor = transport()
+
+        def refuse(data):
+            raise OSError(9, "Bad file descriptor")
+
+        sock.send = refuse
+        server.connected = False
+        server.write(b"x")
+        assert reactor.writers == set()
+        assert not server._tempDataLen
 
 
 def subscribed_peer(clock, symbols=("MTK/USD", "STK/USD"), **settings):

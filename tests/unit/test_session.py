@@ -344,6 +344,10 @@ class TestEnvelope:
             (b'{"id": 7, "type": "ping", "data": {"x": 1}}', "invalid_params", 7),
             (b'{"type": "ping", "data": {"x": NaN}}', "invalid_request", None),
             (b"[" * 5000, "invalid_request", None),
+            (b'{"id": 1, "type": "get_token_info", "data": {"token_id": ' + b"[" * 900
+             + b"]" * 900 + b"}}", "invalid_params", 1),
+            (b'{"id": 1, "type": "subscribe", "data": {"channel": ' + b"[" * 900
+             + b"]" * 900 + b"}}", "invalid_channel", 1),
         ],
     )
     def test_malformed(self, session, payload, code, echo):
