@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -673,9 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.retries is None:
         args.retries = 0 if args.smoke or args.quick else 2
     if args.fanout_n:
-        prof.fanout_ns = tuple(int(x) for x in args.fanout_n.split(","))
+        prof = replace(prof, fanout_ns=tuple(int(x) for x in args.fanout_n.split(",")))
     if args.duration:
-        prof.duration = args.duration
+        prof = replace(prof, duration=args.duration)
     default_servers = "rustorium" if args.smoke else ",".join(SERVERS)
     names = [s for s in (args.servers or default_servers).split(",") if s]
     args.scenarios = [s for s in (args.scenarios or ("fanout" if args.smoke else
