@@ -110,13 +110,15 @@ class IHub(Interface):
     Fan-out of updates from sources to subscribers.
     """
 
-    def publish(channel: str, key: str, data: dict, retain: bool = True) -> Update:
+    def publish(channel: str, key: str, data: dict, retain: bool = True) -> Update | None:
         """
         Publish C{data} (the update's C{data} object without C{channel} and
         C{timestamp}, which the hub adds) to every subscriber of C{key}.
 
         @param retain: keep it as the key's current state for L{snapshot}
-            (prices and volumes are state; transaction events are not).
+            (prices and volumes are state; transaction events are not). An
+            event nobody subscribes to or watches is dropped unnumbered and
+            unencoded (C{None} is returned): nobody could ever receive it.
         """
 
     def publish_batch(items: list[tuple[str, str, dict]]) -> list[Update]:
@@ -367,7 +369,9 @@ class LocalHub:
                 history.evict_one()
         return update
 
-    def publish(self, channel: str, key: str, data: dict, retain: bool = True) -> Update:
+    def publish(self, channel: str, key: str, data: dict, retain: bool = True) -> Update | None:
+        if not retain and key not in self._subscribers and key not in self._histories:
+            return None
         now = self._clock.seconds()
         update = self._record(channel, key, data, retain, now, isoformat(now))
         self._fan_out(update)

@@ -176,3 +176,18 @@ class TestMessageIds:
         assert calls == [8, 8]
         assert len(logged_errors) == 2
         logged_errors.clear()
+
+
+def test_unheard_event_is_dropped(clock):
+    """
+    An event (not retained) on a key nobody subscribes to or watches costs
+    nothing: no number, no encoding; a watched key records it for replay.
+    """
+    prepared = []
+    hub = make_hub(clock, lambda payload: prepared.append(payload) or payload)
+    assert hub.publish("c", "k", {}, retain=False) is None
+    assert prepared == []
+    hub.watch("k")
+    update = hub.publish("c", "k", {}, retain=False)
+    assert update.number == 1
+    assert hub.replay("k", 0).count == 1
