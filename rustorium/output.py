@@ -11,6 +11,10 @@ The output path to the socket, where fan-out spends its time.
   L{listening_reactor} makes C{tcp:} and C{ssl:} endpoint strings listen on
   such ports (C{write-through = false} turns it off).
 
+- L{Flusher}: replies queued for a connection during one reactor turn
+  (four pipelined commands, a group commit answering many) leave in one
+  write at the end of the turn.
+
 (Batches of updates are coalesced per connection by the hub, see
 L{rustorium.hub.IHub.publish_batch}, so one write carries a whole tick.)
 """
@@ -88,3 +92,36 @@ def listening_reactor(reactor: Any) -> Any:
     endpoints listen with write-through transports.
     """
     return _ListeningReactor(reactor)
+
+
+class Flusher:
+    """
+    Calls C{flush()} on every connection that queued output during this
+    reactor turn, once, at the end of the turn: one timer call per turn,
+    whatever the number of connections.
+    """
+
+    __slots__ = ("_clock", "_dirty", "_scheduled")
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._dirty: list[Any] = []
+        self._scheduled = False
+
+    def mark(self, connection: Any) -> None:
+        """
+        C{connection.flush()} will be called at the end of this turn.
+        """
+        self._dirty.append(connection)
+        if not self._scheduled:
+            self._scheduled = True
+            self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """
+        Flush every marked connection now.
+        """
+        dirty, self._dirty = self._dirty, []
+        self._scheduled = False
+        for connection in dirty:
+            connection.flush()

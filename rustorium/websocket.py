@@ -32,6 +32,7 @@ from . import __version__
 from .closecodes import CloseCode
 from .config import normalise_origin
 from .hub import ISink, Update
+from .output import Flusher
 from .server import Server
 from .session import IConnection, Session
 from .storage.keys import ApiKey
@@ -199,6 +200,9 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self._write(update.frame)
         elif self._paused:
             self._hold(update.key if update.conflatable else update.number, update.frame)
+        elif self.state == _OPEN:
+            # Replies are queued for this turn: keep the order.
+            self._out.append(update.frame)
 
     def enqueue(self, update: Update) -> bool:
         if self._paused:
@@ -206,7 +210,10 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             return False
         out = self._out
         out.append(update.frame)
-        return len(out) == 1
+        if len(out) == 1:
+            self._direct = False
+            return True
+        return False
 
     def flush(self) -> None:
         out = self._out
@@ -216,6 +223,7 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         out.clear()
         if self.state == _OPEN:
             self._write(data)
+            self._direct = not self._paused
 
     def send_payload(self, payload: bytes) -> None:
         self._send(prepare_frame(payload), None)
@@ -229,13 +237,21 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self.sendClose(code, reason)
 
     def _send(self, frame: bytes, conflation_key: object) -> None:
+        """
+        Queue a reply or heartbeat: what a turn queues leaves in one write
+        at its end (several pipelined commands, a group commit).
+        """
         if self._paused:
             if conflation_key is None:
                 self._held_replies += 1
                 conflation_key = ("reply", self._held_replies)
             self._hold(conflation_key, frame)
         elif self.state == _OPEN:
-            self._write(frame)
+            out = self._out
+            if not out:
+                self._direct = False
+                self.factory.flusher.mark(self)
+            out.append(frame)
 
     def _start_output(self) -> None:
         """
@@ -340,6 +356,7 @@ class RustoriumServerFactory(WebSocketServerFactory):
         super().__init__(server=f"Rustorium/{__version__}", reactor=reactor)
         self.api_server = api_server
         self.path = path
+        self.flusher = Flusher(self.reactor)
         self.open_connections: set[RustoriumServerProtocol] = set()
         settings = api_server.settings
         self.setProtocolOptions(

@@ -290,3 +290,33 @@ class TestSlowConsumer:
         if paused:
             peer.protocol.resumeProducing()
         assert len(peer.received()) == (1 if paused else 3)
+
+
+class TestReplies:
+    def test_pipelined_replies_share_a_write(self, clock):
+        """
+        Replies to commands that arrive together leave in one write at the
+        end of the turn.
+        """
+        peer = subscribed_peer(clock)
+        writes = []
+        original = peer.protocol._write
+        peer.protocol._write = lambda data: (writes.append(data), original(data))
+        for n in range(4):
+            peer.send({"id": n, "type": "ping"})
+        assert writes == []
+        assert [orjson.loads(p)["id"] for _, p in peer.received()] == [0, 1, 2, 3]
+        assert len(writes) == 1
+
+    def test_update_after_a_queued_reply_keeps_order(self, clock):
+        """
+        An update published after a reply was queued in the same turn goes
+        out after it, in the same write.
+        """
+        peer = subscribed_peer(clock)
+        peer.send({"id": "p", "type": "ping"})
+        publish(peer, MTK, 1)
+        kinds = [orjson.loads(p)["type"] for _, p in peer.received()]
+        assert kinds == ["pong", "update"]
+        publish(peer, MTK, 2)
+        assert [orjson.loads(p)["type"] for _, p in peer.received()] == ["update"]
