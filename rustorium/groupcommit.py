@@ -12,9 +12,11 @@ row has completed, so "on disk before the response" holds for every row.
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
+from twisted.python.failure import Failure
 
 Row = TypeVar("Row")
+Done = Callable[[Failure | None], None]
 
 
 class GroupCommit(Generic[Row]):
@@ -30,20 +32,19 @@ class GroupCommit(Generic[Row]):
         """
         self._write = write
         self._max_batch = max_batch
-        self._queue: list[tuple[Row, Deferred[None]]] = []
+        self._queue: list[tuple[Row, Done]] = []
         self._writing = False
         self.commits = 0
 
-    def add(self, row: Row) -> "Deferred[None]":
+    def add(self, row: Row, done: Done) -> None:
         """
-        Queue a row; the Deferred fires once it is committed, or fails with
-        the reason it could not be.
+        Queue a row; C{done(None)} is called once it is committed, or
+        C{done(failure)} with the reason it could not be. (A callback, not a
+        Deferred: this is on the path of every transaction.)
         """
-        d: Deferred[None] = Deferred()
-        self._queue.append((row, d))
+        self._queue.append((row, done))
         if not self._writing:
             self._flush()
-        return d
 
     @property
     def busy(self) -> bool:
@@ -67,14 +68,12 @@ class GroupCommit(Generic[Row]):
         written = maybeDeferred(self._write, [row for row, _ in batch])
         written.addBoth(self._written, batch)
 
-    def _written(self, result: object, batch: list[tuple[Row, Deferred[None]]]) -> None:
+    def _written(self, result: object, batch: list[tuple[Row, Done]]) -> None:
         self._writing = False
         # Start the next commit before resolving this one, so rows accepted
         # by the callbacks below queue behind it.
         if self._queue:
             self._flush()
-        for _, d in batch:
-            if isinstance(result, Exception) or hasattr(result, "raiseException"):
-                d.errback(result)
-            else:
-                d.callback(None)
+        failure = result if isinstance(result, Failure) else None
+        for _, done in batch:
+            done(failure)

@@ -20,6 +20,7 @@ Blocks confirm pending transactions in submission order. Idempotency keys
 the same parameters and an error for a repeat with different ones.
 """
 
+import random
 import secrets
 from typing import Any
 
@@ -101,11 +102,16 @@ class DatabaseLedgerStore:
         return self._database.run(find_transaction, transaction_id)
 
 
+_ids = random.Random(secrets.token_bytes(32))
+
+
 def new_transaction_id() -> str:
     """
-    A fresh transaction id: C{0x} and 64 hex digits.
+    A fresh transaction id: C{0x} and 64 hex digits, from a generator seeded
+    by the system's at start (ids must be unique, not secret; one system
+    call per transaction would cost more than the rest of its validation).
     """
-    return "0x" + secrets.token_hex(32)
+    return f"0x{_ids.getrandbits(256):064x}"
 
 
 @attrs.define
@@ -264,9 +270,18 @@ class Ledger:
             entry = self._idempotent[api_key.key_id, request.idempotency_key] = _Idempotent(
                 parameters, row
             )
-        d = self._committer.add(row)
-        d.addCallbacks(self._accepted, self._not_accepted, (row, entry), None, (row, entry))
+        d: Deferred[TransactionRow] = Deferred()
+        self._committer.add(row, lambda failure: self._stored(failure, row, entry, d))
         return d
+
+    def _stored(
+        self, failure: Failure | None, row: TransactionRow, entry: _Idempotent | None,
+        d: "Deferred[TransactionRow]",
+    ) -> None:
+        if failure is None:
+            d.callback(self._accepted(row, entry))
+        else:
+            d.errback(self._not_accepted(failure, row, entry))
 
     def _repeat(self, key_id: int, idempotency_key: str, parameters: tuple) -> Deferred | None:
         entry = self._idempotent.get((key_id, idempotency_key))
@@ -299,7 +314,7 @@ class Ledger:
         else:
             del self._pending_out[key]
 
-    def _accepted(self, _: None, row: TransactionRow, entry: _Idempotent | None):
+    def _accepted(self, row: TransactionRow, entry: _Idempotent | None) -> TransactionRow:
         self._pending.append(row)
         # Announce "pending" once the callers have answered, so a client
         # sees its transaction_response before updates about it.
@@ -312,7 +327,9 @@ class Ledger:
                 d.callback(row)
         return row
 
-    def _not_accepted(self, failure: Failure, row: TransactionRow, entry: _Idempotent | None):
+    def _not_accepted(
+        self, failure: Failure, row: TransactionRow, entry: _Idempotent | None
+    ) -> RequestError:
         self.log.failure("Storing transaction {id} failed; it was not accepted", failure,
                          id=row.transaction_id)
         self._release(row)
@@ -324,7 +341,7 @@ class Ledger:
             del self._idempotent[row.key_id, row.idempotency_key]
             for d in entry.waiting:
                 d.errback(error)
-        raise error
+        return error
 
     def _announce_pending(self) -> None:
         rows, self._announce = self._announce, []
