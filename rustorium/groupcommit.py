@@ -69,11 +69,13 @@ class GroupCommit(Generic[Row]):
         written.addBoth(self._written, batch)
 
     def _written(self, result: object, batch: list[tuple[Row, Done]]) -> None:
-        self._writing = False
-        # Start the next commit before resolving this one, so rows accepted
-        # by the callbacks below queue behind it.
-        if self._queue:
-            self._flush()
+        # Resolve this batch before the next commit starts (rows added by
+        # the callbacks queue meanwhile), so that callers learn of their
+        # rows strictly in the order they were added, even with a store
+        # that completes at once.
         failure = result if isinstance(result, Failure) else None
         for _, done in batch:
             done(failure)
+        self._writing = False
+        if self._queue:
+            self._flush()

@@ -69,12 +69,15 @@ class ILedgerStore(Interface):
     def write_block(
         number: int,
         timestamp: float,
-        outcomes: list[tuple[str, str, str | None]],
+        seqs: tuple[int, int],
+        count: int,
+        failed: list[tuple[str, str]],
         balances: dict[tuple[str, str], int],
     ) -> Deferred:
         """
-        Store a block: outcomes and the new balances of the addresses it
-        touched.
+        Store a block of C{count} transactions: all pending ones numbered
+        within C{seqs} are confirmed but the C{failed} (id, reason), and the
+        new balances of the addresses it touched.
         """
 
     def find(transaction_id: str) -> Deferred:
@@ -95,8 +98,8 @@ class DatabaseLedgerStore:
     def insert(self, rows):
         return self._database.run(insert_transactions, rows)
 
-    def write_block(self, number, timestamp, outcomes, balances):
-        return self._database.run(write_block, number, timestamp, outcomes, balances)
+    def write_block(self, number, timestamp, seqs, count, failed, balances):
+        return self._database.run(write_block, number, timestamp, seqs, count, failed, balances)
 
     def find(self, transaction_id):
         return self._database.run(find_transaction, transaction_id)
@@ -143,7 +146,7 @@ class Ledger:
         clock: Any,
         snapshot: LedgerSnapshot,
         commit_batch: int = 1000,
-        block_size: int = 10_000,
+        block_size: int = 100_000,
     ) -> None:
         self._catalog = catalog
         self._store = store
@@ -375,7 +378,10 @@ class Ledger:
             balances[target] = balances.get(target, self._confirmed.get(target, 0)) + row.amount
             outcomes.append((row.transaction_id, CONFIRMED, None))
         self._block_in_progress = True
-        d = self._store.write_block(number, now, outcomes, balances)
+        failed = [(t, reason) for t, status, reason in outcomes if status == FAILED]
+        d = self._store.write_block(
+            number, now, (batch[0].seq, batch[-1].seq), len(batch), failed, balances
+        )
         d.addCallbacks(
             self._block_written, self._block_failed,
             (number, now, batch, outcomes, balances), None, (number,),

@@ -102,14 +102,21 @@ class MemoryLedgerStore:
 
         return self._write(apply)
 
-    def write_block(self, number, timestamp, outcomes, balances):
+    def write_block(self, number, timestamp, seqs, count, failed, balances):
         def apply():
+            failures = dict(failed)
+            outcomes = []
+            for row in sorted(self.transactions.values(), key=lambda r: r.seq):
+                if row.status != "pending" or not seqs[0] <= row.seq <= seqs[1]:
+                    continue
+                reason = failures.get(row.transaction_id)
+                row.status = "failed" if reason else "confirmed"
+                row.reason = reason
+                row.block_number, row.confirmed_at = number, timestamp
+                outcomes.append((row.transaction_id, row.status, reason))
+            assert len(outcomes) == count
             self.blocks.append((number, timestamp, outcomes, dict(balances)))
             self.balances.update(balances)
-            for transaction_id, status, reason in outcomes:
-                row = self.transactions[transaction_id]
-                row.status, row.reason = status, reason
-                row.block_number, row.confirmed_at = number, timestamp
 
         return self._write(apply)
 

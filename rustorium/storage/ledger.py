@@ -82,18 +82,31 @@ def write_block(
     txn,
     block_number: int,
     timestamp: float,
-    outcomes: list[tuple[str, str, str | None]],
+    seqs: tuple[int, int],
+    count: int,
+    failed: list[tuple[str, str]],
     balances: dict[tuple[str, str], int],
 ) -> None:
     """
-    Record a block: each transaction's outcome (id, status, reason), the new
-    balances of every address it touched, and the block itself.
+    Record a block of C{count} transactions: every pending transaction
+    numbered within C{seqs} (first, last) is confirmed, except the
+    C{failed} ones (id, reason); the new balances of every address it
+    touched are written, and the block.
+
+    One statement confirms the whole range (the block holds a prefix of the
+    pending transactions in submission order), so a block of ten thousand
+    transactions costs one index range scan, not ten thousand lookups.
     """
+    first, last = seqs
     txn.executemany(
-        "UPDATE transactions SET status = ?, reason = ?, block_number = ?, confirmed_at = ? "
-        "WHERE transaction_id = ? AND status = 'pending'",
-        [(status, reason, block_number, timestamp, transaction_id)
-         for transaction_id, status, reason in outcomes],
+        "UPDATE transactions SET status = 'failed', reason = ?, block_number = ?, "
+        "confirmed_at = ? WHERE transaction_id = ? AND status = 'pending'",
+        [(reason, block_number, timestamp, transaction_id) for transaction_id, reason in failed],
+    )
+    txn.execute(
+        "UPDATE transactions SET status = 'confirmed', block_number = ?, confirmed_at = ? "
+        "WHERE seq BETWEEN ? AND ? AND status = 'pending'",
+        (block_number, timestamp, first, last),
     )
     txn.executemany(
         "INSERT INTO balances (address, token_id, amount) VALUES (?, ?, ?) "
@@ -102,7 +115,7 @@ def write_block(
     )
     txn.execute(
         "INSERT INTO blocks (block_number, timestamp, transaction_count) VALUES (?, ?, ?)",
-        (block_number, timestamp, len(outcomes)),
+        (block_number, timestamp, count),
     )
 
 

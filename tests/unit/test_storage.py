@@ -192,8 +192,7 @@ class TestLedgerRows:
         assert snapshot.pending[0].amount == huge
         assert [r.idempotency_key for r in snapshot.recent] == ["k"]
         assert snapshot.last_seq == 2
-        run_blocking(engine, write_block, 1, 200.0,
-                     [("0x" + "1" * 64, "confirmed", None)], {(b, token): huge})
+        run_blocking(engine, write_block, 1, 200.0, (1, 1), 1, [], {(b, token): huge})
         snapshot = run_blocking(engine, load_ledger, 150.0)
         assert [r.seq for r in snapshot.pending] == [2]
         assert snapshot.last_block == 1
