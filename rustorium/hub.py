@@ -154,6 +154,12 @@ class IHub(Interface):
         How many subscribers C{key} has.
         """
 
+    def heard(key: str) -> bool:
+        """
+        Whether anyone subscribes to or watches C{key}: an event published
+        on a key nobody hears is dropped, so a source may skip building it.
+        """
+
     def watch(key: str) -> None:
         """
         Keep a replayable history of C{key} (bounded by count and age) while
@@ -368,6 +374,9 @@ class LocalHub:
             while entries[0].published_at < horizon:
                 history.evict_one()
         return update
+
+    def heard(self, key: str) -> bool:
+        return key in self._subscribers or key in self._histories
 
     def publish(self, channel: str, key: str, data: dict, retain: bool = True) -> Update | None:
         if not retain and key not in self._subscribers and key not in self._histories:

@@ -419,6 +419,14 @@ class Ledger:
             del self._idempotent[key]
 
     def _publish(self, row: TransactionRow) -> None:
+        hub = self._hub
+        keys = [
+            key for key in (channel_key(TRANSACTION_UPDATES, row.sender),
+                            channel_key(TRANSACTION_UPDATES, row.recipient))
+            if hub.heard(key)
+        ]
+        if not keys:
+            return
         token = self._catalog.tokens[row.token_id]
         data: dict[str, object] = {
             "transaction_id": row.transaction_id,
@@ -432,11 +440,8 @@ class Ledger:
             data["block_number"] = row.block_number
         if row.reason is not None:
             data["reason"] = row.reason
-        for address in (row.sender, row.recipient):
-            self._hub.publish(
-                TRANSACTION_UPDATES, channel_key(TRANSACTION_UPDATES, address), data,
-                retain=False,
-            )
+        for key in keys:
+            hub.publish(TRANSACTION_UPDATES, key, data, retain=False)
 
 
 def describe_transaction(row: TransactionRow, token: Token) -> dict[str, object]:
