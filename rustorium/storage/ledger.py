@@ -114,8 +114,9 @@ def write_block(
         [(address, token_id, str(amount)) for (address, token_id), amount in balances.items()],
     )
     txn.execute(
-        "INSERT INTO blocks (block_number, timestamp, transaction_count) VALUES (?, ?, ?)",
-        (block_number, timestamp, count),
+        "INSERT INTO blocks (block_number, timestamp, transaction_count, first_seq, last_seq) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (block_number, timestamp, count, first, last),
     )
 
 
@@ -141,10 +142,14 @@ def load_ledger(txn, since: float) -> LedgerSnapshot:
         (since,),
     )
     recent = [_row(r) for r in txn.fetchall()]
+    # The blocks since then give the range of transactions to read, so no
+    # index on confirmation time is needed.
+    txn.execute("SELECT MIN(first_seq) FROM blocks WHERE timestamp >= ?", (since,))
+    (first,) = txn.fetchone()
     txn.execute(
         "SELECT confirmed_at, token_id, amount FROM transactions "
-        "WHERE status = 'confirmed' AND confirmed_at >= ? ORDER BY confirmed_at",
-        (since,),
+        "WHERE seq >= ? AND status = 'confirmed' ORDER BY seq",
+        (first if first is not None else 2**62,),
     )
     volume = [(at, token_id, int(amount)) for at, token_id, amount in txn.fetchall()]
     txn.execute("SELECT COALESCE(MAX(seq), 0) FROM transactions")

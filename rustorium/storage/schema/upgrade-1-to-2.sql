@@ -17,14 +17,20 @@ CREATE TABLE transactions (
     confirmed_at REAL
 );
 
-CREATE INDEX transactions_by_status ON transactions (status, seq);
-CREATE INDEX transactions_by_idempotency_key ON transactions (key_id, idempotency_key);
-CREATE INDEX transactions_by_confirmation ON transactions (confirmed_at);
+-- Partial indexes: a row pays for an index only while it needs it (a
+-- confirmed transaction leaves the pending index; most have no key).
+CREATE INDEX transactions_pending ON transactions (seq) WHERE status = 'pending';
+CREATE INDEX transactions_by_idempotency_key ON transactions (key_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 
+-- A block confirms the pending transactions numbered first_seq to last_seq.
 CREATE TABLE blocks (
     block_number INTEGER PRIMARY KEY,
     timestamp REAL NOT NULL,
-    transaction_count INTEGER NOT NULL
+    transaction_count INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL
 );
+CREATE INDEX blocks_by_time ON blocks (timestamp);
 
 UPDATE schema_version SET version = 2;
