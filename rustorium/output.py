@@ -1,6 +1,11 @@
 """
 The output path to the socket, where fan-out spends its time.
 
+- L{Outlet}: what the hub calls for each subscriber of each update. It is
+  small and slotted; when the connection may write directly it touches
+  nothing but itself and the socket (one C{send}), and otherwise hands the
+  update to its protocol's slower path.
+
 - L{WriteThroughServer}: a TCP transport whose C{write} sends straight to
   the socket when nothing is buffered (one C{send} system call), and falls
   back to Twisted's buffered path whenever anything is (so order and
@@ -19,16 +24,93 @@ The output path to the socket, where fan-out spends its time.
 L{rustorium.hub.IHub.publish_batch}, so one write carries a whole tick.)
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
+from zope.interface import implementer
+
+from .hub import ISink
+
+
+@implementer(ISink)
+class Outlet:
+    """
+    A connection's fan-out fast path.
+
+    @ivar direct: whether an update may go straight to the socket: kept by
+        the protocol (open, not paused, nothing queued) and by the
+        transport (nothing buffered; see L{WriteThroughServer.listener}).
+    """
+
+    __slots__ = ("_enqueue", "_flush", "_send", "_slow", "_write", "direct")
+
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        send: Callable[[bytes], int] | None,
+        slow: Callable[[Any], None],
+        enqueue: Callable[[Any], bool],
+        flush: Callable[[], None],
+    ) -> None:
+        """
+        @param write: the transport's write.
+        @param send: the socket's send, when the transport writes through
+            (so that bypassing it keeps the byte order), else C{None}.
+        @param slow: delivers an update when not C{direct}.
+        @param enqueue: queues an update of a batch (see L{ISink}).
+        @param flush: writes a batch.
+        """
+        self.direct = False
+        self._write = write
+        self._send = send
+        self._slow = slow
+        self._enqueue = enqueue
+        self._flush = flush
+
+    def deliver(self, update: Any) -> None:
+        if self.direct:
+            frame = update.frame
+            send = self._send
+            if send is None:
+                self._write(frame)
+                return
+            try:
+                sent = send(frame)
+            except OSError:
+                sent = 0
+            if sent != len(frame):
+                # The transport buffers the rest and turns direct off.
+                self._write(frame[sent:] if sent else frame)
+        else:
+            self._slow(update)
+
+    def enqueue(self, update: Any) -> bool:
+        return self._enqueue(update)
+
+    def flush(self) -> None:
+        self._flush()
 
 
 class WriteThroughServer(tcp.Server):
     """
     A TCP server transport that writes straight to the socket when its
     buffer is empty.
+
+    @ivar listener: told when the buffer starts holding data
+        (C{transport_buffering()}) and when it is empty again
+        (C{transport_drained()}), so that an L{Outlet} bypassing this
+        transport never overtakes buffered bytes.
     """
+
+    listener: Any = None
+
+    def doWrite(self) -> Any:
+        result = super().doWrite()
+        listener = self.listener
+        if listener is not None and not self.dataBuffer and not self._tempDataLen:
+            listener.transport_drained()
+        return result
 
     def write(self, data: bytes) -> None:
         # Only the buffer's emptiness is checked here. A closed or
@@ -45,6 +127,9 @@ class WriteThroughServer(tcp.Server):
             if sent:
                 data = data[sent:]
         super().write(data)
+        listener = self.listener
+        if listener is not None and (self.dataBuffer or self._tempDataLen):
+            listener.transport_buffering()
 
 
 class WriteThroughPort(tcp.Port):

@@ -37,7 +37,7 @@ import orjson
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 from .amounts import format_units
 from .closecodes import CloseCode
@@ -76,6 +76,7 @@ class IConnection(Interface):
     """
 
     peer: str
+    sink = Attribute("The L{rustorium.hub.ISink} the hub delivers this connection's updates to.")
 
     def send_payload(payload: bytes) -> None:
         """
@@ -149,7 +150,7 @@ class Session:
         self._key_counts: dict[str, int] = {}
         # Where the hub delivers this session's updates: the connection, or
         # while a replay is streamed, a sink holding live updates back.
-        self._sink: Any = connection
+        self._sink: Any = connection.sink
         self._held: list[Update] | None = None
         self._replay: Iterator[Update] | None = None
         self._unrecovered: list[Subscription] = []
@@ -576,7 +577,7 @@ class Session:
         """
         held, self._held, self._replay = self._held, None, None
         self.state = SessionState.ACTIVE
-        self._sink = self.connection
+        self._sink = self.connection.sink
         hub = self._server.hub
         for key in self._key_counts:
             hub.subscribe(key, self, self._sink)

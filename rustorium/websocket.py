@@ -31,8 +31,8 @@ from zope.interface import implementer
 from . import __version__
 from .closecodes import CloseCode
 from .config import normalise_origin
-from .hub import ISink, Update
-from .output import Flusher
+from .hub import Update
+from .output import Flusher, Outlet, WriteThroughServer
 from .server import Server
 from .session import IConnection, Session
 from .storage.keys import ApiKey
@@ -63,7 +63,15 @@ def _presented_key(request: Any) -> str | None:
     return values[0] if values else None
 
 
-@implementer(IConnection, ISink)
+class _ClosedSink:
+    """
+    The sink of a connection that has not opened: never direct.
+    """
+
+    direct = False
+
+
+@implementer(IConnection)
 class RustoriumServerProtocol(WebSocketServerProtocol):
     """
     One WebSocket connection.
@@ -78,9 +86,12 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     # us, what is held back (conflation key or sequence -> frame).
     _out: list[bytes] | None = None
     _write: Any = None
-    # Open and not paused: the one check on the hot path. Cleared before
-    # any close frame leaves (sendCloseFrame) and while paused.
-    _direct = False
+    # The hub's sink: an Outlet once open. Its `direct` flag is the one
+    # check on the hot path; cleared before any close frame leaves
+    # (sendCloseFrame), while paused, while replies are queued and while
+    # the transport buffers.
+    sink: "Outlet | _ClosedSink" = None  # set below the class
+    _through = False
     _paused = False
     _backlog: dict[object, bytes] | None = None
     _backlog_bytes = 0
@@ -196,13 +207,18 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     # frame, hence the state checks.
 
     def deliver(self, update: Update) -> None:
-        if self._direct:
-            self._write(update.frame)
-        elif self._paused:
+        """
+        The slow path of L{Outlet.deliver}: paused (hold it), replies
+        queued this turn (queue behind them), the transport buffering (write
+        behind what it holds), or closing (drop it).
+        """
+        if self._paused:
             self._hold(update.key if update.conflatable else update.number, update.frame)
         elif self.state == _OPEN:
-            # Replies are queued for this turn: keep the order.
-            self._out.append(update.frame)
+            if self._out:
+                self._out.append(update.frame)
+            else:
+                self._write(update.frame)
 
     def enqueue(self, update: Update) -> bool:
         if self._paused:
@@ -211,7 +227,7 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         out = self._out
         out.append(update.frame)
         if len(out) == 1:
-            self._direct = False
+            self.sink.direct = False
             return True
         return False
 
@@ -223,7 +239,25 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         out.clear()
         if self.state == _OPEN:
             self._write(data)
-            self._direct = not self._paused
+        self._refresh_direct()
+
+    def _refresh_direct(self) -> None:
+        """
+        Let the outlet write directly again if nothing stands in the way.
+        """
+        transport = self.transport
+        self.sink.direct = (
+            self.state == _OPEN
+            and not self._paused
+            and not self._out
+            and not (self._through and (transport.dataBuffer or transport._tempDataLen))
+        )
+
+    def transport_buffering(self) -> None:
+        self.sink.direct = False
+
+    def transport_drained(self) -> None:
+        self._refresh_direct()
 
     def send_payload(self, payload: bytes) -> None:
         self._send(prepare_frame(payload), None)
@@ -249,7 +283,7 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         elif self.state == _OPEN:
             out = self._out
             if not out:
-                self._direct = False
+                self.sink.direct = False
                 self.factory.flusher.mark(self)
             out.append(frame)
 
@@ -259,11 +293,22 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         writes, backpressure and the socket's send buffer (also used by the
         conformance echo mode, conformance/echo_server.py).
         """
+        transport = self.transport
         self._out = []
-        self._write = self.transport.write
+        self._write = transport.write
+        self._through = isinstance(transport, WriteThroughServer)
+        self.sink = Outlet(
+            transport.write,
+            transport.socket.send if self._through else None,
+            self.deliver,
+            self.enqueue,
+            self.flush,
+        )
+        if self._through:
+            transport.listener = self
         self._take_over_backpressure()
         self._set_send_buffer()
-        self._direct = not self._paused
+        self._refresh_direct()
 
     # Backpressure: this protocol is its transport's streaming producer.
 
@@ -289,22 +334,22 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
     def sendCloseFrame(self, *args: Any, **kwargs: Any) -> None:
-        self._direct = False
+        self.sink.direct = False
         super().sendCloseFrame(*args, **kwargs)
 
     def pauseProducing(self) -> None:
         self._paused = True
-        self._direct = False
+        self.sink.direct = False
         if self._backlog is None:
             self._backlog = {}
 
     def resumeProducing(self) -> None:
         self._paused = False
-        self._direct = self.state == _OPEN
         backlog, self._backlog = self._backlog, None
         self._backlog_bytes = 0
         if backlog and self.state == _OPEN:
             self._write(b"".join(backlog.values()))
+        self._refresh_direct()
 
     def stopProducing(self) -> None:
         self._out = None
@@ -335,6 +380,9 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             # The close frame queues behind what the client has not read;
             # Autobahn's close timeout drops the connection if it never does.
             session.close(CloseCode.SLOW_CONSUMER, "reading too slowly; reconnect and resume")
+
+
+RustoriumServerProtocol.sink = _ClosedSink()
 
 
 class RustoriumServerFactory(WebSocketServerFactory):

@@ -189,6 +189,10 @@ class FakeConnection:
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 
+    @property
+    def sink(self) -> "FakeConnection":
+        return self
+
     def take(self) -> list[dict]:
         """
         The messages so far, forgetting them.

@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from rustorium.closecodes import CloseCode
 from rustorium.hub import channel_key
-from rustorium.output import WriteThroughServer
+from rustorium.output import Outlet, WriteThroughServer
 from tests.unit.test_websocket import Peer, server_frames
 
 MTK = channel_key("market_data", "MTK/USD")
@@ -192,18 +192,16 @@ class TestCoalescing:
         order; a single publish is written at once.
         """
         peer = subscribed_peer(clock)
-        writes = []
-        original = peer.protocol._write
-        peer.protocol._write = lambda data: (writes.append(data), original(data))
+        before = peer.transport.writes
         batch = [("market_data", MTK if n % 2 else STK,
                   {"symbol": "MTK/USD" if n % 2 else "STK/USD", "price": str(n)})
                  for n in range(10)]
         numbers = [u.number for u in peer.server.hub.publish_batch(batch)]
-        assert len(writes) == 1
+        assert peer.transport.writes - before == 1
         received = peer.received()
         assert [int(orjson.loads(p)["id"][4:]) for _, p in received] == numbers
         publish(peer, MTK, 11)
-        assert len(writes) == 2
+        assert peer.transport.writes - before == 2
 
     def test_batch_to_several_connections(self, clock):
         """
@@ -299,14 +297,12 @@ class TestReplies:
         end of the turn.
         """
         peer = subscribed_peer(clock)
-        writes = []
-        original = peer.protocol._write
-        peer.protocol._write = lambda data: (writes.append(data), original(data))
+        before = peer.transport.writes
         for n in range(4):
             peer.send({"id": n, "type": "ping"})
-        assert writes == []
+        assert peer.transport.writes == before
         assert [orjson.loads(p)["id"] for _, p in peer.received()] == [0, 1, 2, 3]
-        assert len(writes) == 1
+        assert peer.transport.writes - before == 1
 
     def test_update_after_a_queued_reply_keeps_order(self, clock):
         """
@@ -320,3 +316,62 @@ class TestReplies:
         assert kinds == ["pong", "update"]
         publish(peer, MTK, 2)
         assert [orjson.loads(p)["type"] for _, p in peer.received()] == ["update"]
+
+
+class TestOutlet:
+    def test_bypass_never_overtakes_buffered_bytes(self):
+        """
+        An outlet sending straight to the socket stops doing so the moment
+        the transport buffers anything (its own remainder or another
+        writer's bytes), and starts again once the buffer has drained:
+        every byte leaves in the order written.
+        """
+        server, sock, _ = transport(room=5)
+        slow = []
+
+        class Listener:
+            def transport_buffering(self):
+                outlet.direct = False
+
+            def transport_drained(self):
+                outlet.direct = True
+
+        def slow_path(update):
+            slow.append(update.frame)
+            server.write(update.frame)
+
+        outlet = Outlet(server.write, sock.send, slow_path, lambda u: False, lambda: None)
+        server.listener = Listener()
+        outlet.direct = True
+
+        class U:
+            def __init__(self, frame):
+                self.frame = frame
+
+        outlet.deliver(U(b"AAAAAAAA"))
+        assert sock.sent == b"AAAAA"
+        assert not outlet.direct
+        outlet.deliver(U(b"BBBB"))
+        server.write(b"PONG")
+        assert slow == [b"BBBB"]
+        sock.room = 100
+        server.doWrite()
+        assert outlet.direct
+        outlet.deliver(U(b"CC"))
+        assert sock.sent == b"AAAAAAAABBBBPONGCC"
+        assert slow == [b"BBBB"]
+
+    def test_without_write_through(self):
+        """
+        On another transport (TLS, or a site not ours) the outlet writes
+        through the transport, which keeps the order itself.
+        """
+        written = []
+        outlet = Outlet(written.append, None, None, lambda u: False, lambda: None)
+        outlet.direct = True
+
+        class U:
+            frame = b"x"
+
+        outlet.deliver(U())
+        assert written == [b"x"]

@@ -75,9 +75,15 @@ class Transport(StringTransport):
     a producer that was never registered (Autobahn does when dropping).
     """
 
+    writes = 0
+
     def unregisterProducer(self):
         self.producer = None
         self.streaming = None
+
+    def write(self, data):
+        self.writes += 1
+        super().write(data)
 
 
 class Peer:
