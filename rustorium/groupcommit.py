@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 Row = TypeVar("Row")
@@ -23,6 +24,8 @@ class GroupCommit(Generic[Row]):
     """
     Batches rows into calls of C{write(rows)}, one at a time.
     """
+
+    log = Logger()
 
     def __init__(self, write: Callable[[list[Row]], Any], max_batch: int) -> None:
         """
@@ -75,7 +78,11 @@ class GroupCommit(Generic[Row]):
         # that completes at once.
         failure = result if isinstance(result, Failure) else None
         for _, done in batch:
-            done(failure)
+            try:
+                done(failure)
+            except Exception:
+                # One caller's failure must not keep the others waiting.
+                self.log.failure("Resolving a committed row failed")
         self._writing = False
         if self._queue:
             self._flush()

@@ -290,7 +290,10 @@ class Ledger:
         entry = self._idempotent.get((key_id, idempotency_key))
         if entry is None:
             return None
-        if entry.transaction.submitted_at < self._clock.seconds() - IDEMPOTENCY_WINDOW:
+        if (
+            entry.waiting is None
+            and entry.transaction.submitted_at < self._clock.seconds() - IDEMPOTENCY_WINDOW
+        ):
             del self._idempotent[key_id, idempotency_key]
             return None
         if entry.parameters != parameters:
@@ -341,7 +344,9 @@ class Ledger:
             "the transaction could not be stored and was not accepted; send it again",
         )
         if entry is not None:
-            del self._idempotent[row.key_id, row.idempotency_key]
+            key = (row.key_id, row.idempotency_key)
+            if self._idempotent.get(key) is entry:
+                del self._idempotent[key]
             for d in entry.waiting:
                 d.errback(error)
         return error

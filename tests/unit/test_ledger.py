@@ -446,3 +446,28 @@ class TestGroupCommit:
             transfer(session, request_id=n)
         store.release_all()
         assert [len(c) for c in store.commits] == [1, 1, 1]
+
+
+def test_failed_commit_after_a_day_in_flight(clock, logged_errors):
+    """
+    An idempotency key whose first use is still being stored a day later
+    does not expire: the repeat waits for it, and when the commit fails
+    both are told, and nothing else is disturbed. (Found by the property
+    test.)
+    """
+    store = MemoryLedgerStore()
+    server = make_server(clock, store=store, rate_burst=100)
+    session, connection = open_session(server, KEY)
+    store.hold = True
+    transfer(session, amount="1", idempotency_key="k")
+    clock.advance(24 * 3600 + 1)
+    transfer(session, request_id="again", amount="1", idempotency_key="k")
+    store.fail()
+    replies = connection.take()
+    assert sorted((r["id"], r["data"]["code"]) for r in replies) == [
+        ("again", "internal_error"), ("t", "internal_error")
+    ]
+    logged_errors.clear()
+    store.hold = False
+    transfer(session, request_id="later", amount="1", idempotency_key="k")
+    assert connection.take()[0]["type"] == "transaction_response"
