@@ -399,6 +399,7 @@ class Ledger:
         self.last_block = number
         del self._pending[: len(batch)]
         self._confirmed.update(balances)
+        volume: dict[str, int] = {}
         for row, (_, status, reason) in zip(batch, outcomes, strict=True):
             self._release(row)
             row.status = status
@@ -406,8 +407,10 @@ class Ledger:
             row.block_number = number
             row.confirmed_at = now
             if status == CONFIRMED:
-                self._volume[row.token_id].record(now, row.amount)
+                volume[row.token_id] = volume.get(row.token_id, 0) + row.amount
             self._publish(row)
+        for token_id, amount in volume.items():
+            self._volume[token_id].record(now, amount)
         self._forget_old_keys(now)
         return number
 
@@ -418,8 +421,13 @@ class Ledger:
 
     def _forget_old_keys(self, now: float) -> None:
         horizon = now - IDEMPOTENCY_WINDOW
-        old = [k for k, e in self._idempotent.items()
-               if e.waiting is None and e.transaction.submitted_at < horizon]
+        # Entries are kept in submission order: look only at the old ones.
+        old = []
+        for key, entry in self._idempotent.items():
+            if entry.transaction.submitted_at >= horizon:
+                break
+            if entry.waiting is None:
+                old.append(key)
         for key in old:
             del self._idempotent[key]
 
