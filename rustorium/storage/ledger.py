@@ -134,7 +134,14 @@ def load_ledger(txn, since: float) -> LedgerSnapshot:
     """
     txn.execute("SELECT address, token_id, amount FROM balances")
     balances = {(address, token_id): int(amount) for address, token_id, amount in txn.fetchall()}
-    txn.execute(f"SELECT {_COLUMNS} FROM transactions WHERE status = 'pending' ORDER BY seq")
+    # Blocks confirm prefixes in seq order: every pending transaction comes
+    # after the last block's range.
+    txn.execute("SELECT COALESCE(MAX(last_seq), 0) FROM blocks")
+    (confirmed_up_to,) = txn.fetchone()
+    txn.execute(
+        f"SELECT {_COLUMNS} FROM transactions WHERE seq > ? AND status = 'pending' ORDER BY seq",
+        (confirmed_up_to,),
+    )
     pending = [_row(r) for r in txn.fetchall()]
     txn.execute(
         f"SELECT {_COLUMNS} FROM transactions "

@@ -17,9 +17,9 @@ CREATE TABLE transactions (
     confirmed_at REAL
 );
 
--- Partial indexes: a row pays for an index only while it needs it (a
--- confirmed transaction leaves the pending index; most have no key).
-CREATE INDEX transactions_pending ON transactions (seq) WHERE status = 'pending';
+-- Blocks confirm transactions in seq order, so the pending ones are found
+-- after the last block's range with the primary key alone; the only other
+-- index is partial: most transactions have no idempotency key.
 CREATE INDEX transactions_by_idempotency_key ON transactions (key_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 
