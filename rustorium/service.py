@@ -200,7 +200,7 @@ class RustoriumService(MultiService):
             url = connect_url(self.settings.listen[0]) if self.settings.listen else "URL"
             log.info(
                 "Created the demo API key (shown only now): {demo_key}\n"
-                "\tConnect with {url}?api_key={demo_key}",
+                "Connect with {url}?api_key={demo_key}",
                 demo_key=self.demo_key, url=url, show_secret=True,
             )
 
