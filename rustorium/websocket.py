@@ -5,10 +5,11 @@ The protocol authenticates the opening handshake (HTTP 401 before any
 session exists), then hands every message to its L{Session} and implements
 L{IConnection} for it. It knows WebSocket and nothing of the API.
 
-Output: updates and heartbeats are framed once for all connections, and
-written straight to the transport, which on the server's own ports writes
-through to the socket (L{rustorium.output}). A batch of updates (a market
-tick) is queued per connection and leaves in one write. The protocol is
+Output: updates and heartbeats are framed once for all connections. The
+hub hands each update to the connection's L{Outlet}, which on the server's
+own ports sends it straight to the socket (L{rustorium.output}); a batch of
+updates (a market tick), and the replies of one reactor turn, leave in one
+write per connection. The protocol is
 the transport's streaming producer: when the transport's buffer
 passes its bound Twisted pauses it, and until it resumes, updates on prices
 and volumes are conflated to the newest per key while transaction updates
@@ -90,7 +91,7 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     # check on the hot path; cleared before any close frame leaves
     # (sendCloseFrame), while paused, while replies are queued and while
     # the transport buffers.
-    sink: "Outlet | _ClosedSink" = None  # set below the class
+    sink: Outlet | _ClosedSink = _ClosedSink()
     _through = False
     _paused = False
     _backlog: dict[object, bytes] | None = None
@@ -380,9 +381,6 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             # The close frame queues behind what the client has not read;
             # Autobahn's close timeout drops the connection if it never does.
             session.close(CloseCode.SLOW_CONSUMER, "reading too slowly; reconnect and resume")
-
-
-RustoriumServerProtocol.sink = _ClosedSink()
 
 
 class RustoriumServerFactory(WebSocketServerFactory):
