@@ -129,14 +129,20 @@ class Setting:
     @ivar name: the flag and TOML key, hyphenated.
     @ivar parse: turns a flag string or TOML value into the typed value, or
         raises L{ValueError} saying what is expected.
-    @ivar default: the value when neither flag nor file sets it.
     @ivar help: one line for ``--help`` and ``etc/rustorium.toml``.
     """
 
     name: str
     parse: Callable[[object], Any]
-    default: Any
     help: str
+
+    @property
+    def default(self) -> Any:
+        """
+        The value when neither flag nor file sets it: the L{Settings}
+        field's default, written only there.
+        """
+        return attrs.fields_dict(Settings)[self.attribute].default
 
     @property
     def attribute(self) -> str:
@@ -147,64 +153,64 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("listen", _endpoints, (DEFAULT_LISTEN,),
+    Setting("listen", _endpoints,
             "Twisted server endpoint strings to listen on (repeatable flag)."),
-    Setting("database", _text, "sqlite:rustorium.db",
+    Setting("database", _text,
             "Database URL: sqlite:PATH."),
-    Setting("genesis", _optional_text, None,
+    Setting("genesis", _optional_text,
             "Genesis JSON file for an empty database (default: the built-in demo)."),
-    Setting("heartbeat-interval", _positive_seconds, 30.0,
+    Setting("heartbeat-interval", _positive_seconds,
             "Seconds between heartbeat messages."),
-    Setting("heartbeat-timeout", _positive_seconds, None,
+    Setting("heartbeat-timeout", _positive_seconds,
             "Seconds of client silence before the connection is closed "
             "(default: three heartbeat intervals)."),
-    Setting("tick-interval", _seconds, 1.0,
+    Setting("tick-interval", _seconds,
             "Seconds between market ticks (0: every reactor turn)."),
-    Setting("block-interval", _positive_seconds, 2.0,
+    Setting("block-interval", _positive_seconds,
             "Seconds between blocks that confirm pending transactions."),
-    Setting("commit-batch", _count, 1000,
+    Setting("commit-batch", _count,
             "Most accepted transactions sharing one database commit (1: a commit each)."),
-    Setting("market-seed", _integer, 1,
+    Setting("market-seed", _integer,
             "Seed of the markets' random walk; the same seed gives the same prices."),
-    Setting("resume-window", _positive_seconds, 300.0,
+    Setting("resume-window", _positive_seconds,
             "Seconds a lost connection's subscriptions stay resumable with reconnect."),
-    Setting("history-size", _count, 1000,
+    Setting("history-size", _count,
             "Updates retained per channel key for replay on reconnect."),
-    Setting("history-age", _positive_seconds, 300.0,
+    Setting("history-age", _positive_seconds,
             "Seconds an update is retained for replay on reconnect."),
-    Setting("allowed-origins", _origins, (),
+    Setting("allowed-origins", _origins,
             "Origins browsers may connect from (exact match); empty allows any. "
             "Clients that send no Origin (non-browsers) are always allowed."),
-    Setting("max-connections-per-key", _whole, 0,
+    Setting("max-connections-per-key", _whole,
             "Open connections allowed per API key (0: no limit); more get HTTP 429."),
-    Setting("max-subscriptions", _count, 100,
+    Setting("max-subscriptions", _count,
             "Active subscriptions allowed per connection."),
-    Setting("rate-limit", _positive_seconds, 10.0,
+    Setting("rate-limit", _positive_seconds,
             "Messages per second allowed per connection (token bucket refill rate)."),
-    Setting("rate-burst", _count, 10,
+    Setting("rate-burst", _count,
             "Messages a connection may send at once (token bucket size)."),
-    Setting("flood-limit", _count, 50,
+    Setting("flood-limit", _count,
             "Rate-limited messages within 10 seconds after which a connection is closed (4008)."),
-    Setting("max-message-size", _count, 65536,
+    Setting("max-message-size", _count,
             "Largest incoming message in bytes; larger ones close the connection (1009)."),
-    Setting("max-backlog", _count, 1048576,
+    Setting("max-backlog", _count,
             "Bytes of transaction updates and replies held for a client that reads too "
             "slowly; past it the connection is closed (4101)."),
-    Setting("send-buffer", _whole, 0,
+    Setting("send-buffer", _whole,
             "Kernel send buffer per connection in bytes (SO_SNDBUF; 0: the system's)."),
-    Setting("write-through", _boolean, True,
+    Setting("write-through", _boolean,
             "Send to the socket at once when nothing is buffered (faster fan-out)."),
-    Setting("handshake-timeout", _positive_seconds, 10.0,
+    Setting("handshake-timeout", _positive_seconds,
             "Seconds a client has to complete the WebSocket opening handshake."),
-    Setting("close-timeout", _positive_seconds, 5.0,
+    Setting("close-timeout", _positive_seconds,
             "Seconds to wait for a closing handshake before dropping the connection."),
-    Setting("backlog", _count, 4096,
+    Setting("backlog", _count,
             "Listen backlog for tcp: and ssl: endpoints that do not set backlog=."),
-    Setting("key-check-interval", _positive_seconds, 5.0,
+    Setting("key-check-interval", _positive_seconds,
             "Seconds between checks for revoked API keys of open connections."),
-    Setting("tls-reload-interval", _positive_seconds, 10.0,
+    Setting("tls-reload-interval", _positive_seconds,
             "Seconds between checks of wss: certificate files for a renewal."),
-    Setting("tls-reload-signal", _boolean, True,
+    Setting("tls-reload-signal", _boolean,
             "Reload wss: certificates on SIGHUP."),
 )
 

@@ -23,7 +23,7 @@ def _help(setting) -> str:
     default = setting.default
     if isinstance(default, tuple):
         default = " ".join(default)
-    if default is None:
+    if default is None or default == "":
         return setting.help
     return f"{setting.help} [default: {default}]"
 
