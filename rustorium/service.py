@@ -62,25 +62,21 @@ def with_backlog(endpoint: str, backlog: int) -> str:
     return endpoint
 
 
-_PORT = re.compile(r"(?:port=)?(\d+)\Z")
-
-
 def connect_url(endpoint: str) -> str:
     """
     The URL clients use for a listening endpoint string, for log lines:
     C{tcp:8765:interface=127.0.0.1} gives C{ws://127.0.0.1:8765/v1}.
     """
-    kind, _, rest = endpoint.partition(":")
-    port, host = "PORT", "HOST"
-    for part in re.split(r"(?<!\\):", rest):
-        if part.startswith("interface="):
-            value = part[len("interface="):].replace("\\", "")
-            if value not in ("0.0.0.0", "::", ""):
-                host = f"[{value}]" if ":" in value else value
-        elif _PORT.match(part):
-            port = _PORT.match(part).group(1)
-    scheme = "wss" if kind.lower() in ("ssl", "wss") else "ws"
-    return f"{scheme}://{host}:{port}/v1"
+    try:
+        args, kwargs = tls.split_description(endpoint)
+    except ValueError:
+        args, kwargs = [], {}
+    kind = args[0].lower() if args else ""
+    port = kwargs.get("port") or (args[1] if len(args) > 1 else "")
+    host = kwargs.get("interface", "")
+    scheme = "wss" if kind in ("ssl", "wss") else "ws"
+    host = "HOST" if host in ("", "0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port if port.isdigit() else 'PORT'}/v1"
 
 
 def _ping_database(txn: Any) -> None:
