@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
+from ..requests import parse_message_number
 from .errors import (
     ClientStopped,
     ConnectionLost,
@@ -120,17 +121,6 @@ class Request:
         if self.data is not None:
             message["data"] = self.data
         return orjson.dumps(message)
-
-
-def message_number(message_id: object) -> int | None:
-    """
-    The C{n} of an update id C{"msg_<n>"}, or C{None} for anything else.
-    """
-    if isinstance(message_id, str) and message_id.startswith("msg_"):
-        digits = message_id[4:]
-        if digits.isdigit():
-            return int(digits)
-    return None
 
 
 class ClientSession:
@@ -458,7 +448,7 @@ class ClientSession:
     # Updates and heartbeats
 
     def _update(self, message: dict[str, Any]) -> None:
-        number = message_number(message.get("id"))
+        number = parse_message_number(message.get("id"))
         if number is not None:
             if self.highest is not None and number <= self.highest:
                 self.duplicates += 1
