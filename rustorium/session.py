@@ -51,7 +51,6 @@ from .requests import (
     GetBalance,
     GetTokenInfo,
     GetTransaction,
-    HeartbeatResponse,
     ListSubscriptions,
     Ping,
     Reconnect,
@@ -480,11 +479,6 @@ class Session:
             },
         )
 
-    def _heartbeat_response(self, request_id: object, request: HeartbeatResponse) -> None:
-        """
-        Never reached: heartbeat responses are consumed before the rate limit.
-        """
-
     def _reconnect(self, request_id: object, request: Reconnect) -> None:
         if self.state is not SessionState.FRESH:
             raise RequestError(
@@ -598,6 +592,5 @@ class Session:
         GetTransaction: _get_transaction,
         Ping: _ping,
         ServerInfo: _server_info,
-        HeartbeatResponse: _heartbeat_response,
         Reconnect: _reconnect,
     }
