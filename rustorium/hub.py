@@ -379,7 +379,7 @@ class LocalHub:
         return key in self._subscribers or key in self._histories
 
     def publish(self, channel: str, key: str, data: dict, retain: bool = True) -> Update | None:
-        if not retain and key not in self._subscribers and key not in self._histories:
+        if not retain and not self.heard(key):
             return None
         now = self._clock.seconds()
         update = self._record(channel, key, data, retain, now, isoformat(now))
