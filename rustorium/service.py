@@ -156,7 +156,11 @@ class RustoriumService(MultiService):
         # The listeners are not children: they start after everything else
         # and stop before anything else (see stopService).
         self._listeners = MultiService()
-        listening = listening_reactor(reactor) if settings.write_through else reactor
+        listening = (
+            listening_reactor(reactor, settings.write_through, settings.reuse_port)
+            if settings.write_through or settings.reuse_port
+            else reactor
+        )
         certificates = []
         for description in settings.listen:
             found = tls.server_endpoint(listening, description, settings.backlog)
