@@ -155,8 +155,12 @@ def test_upgrade_from_first_schema(engine):
     assert [t.symbol for t in prepared.tokens] == ["T"]
     assert prepared.ledger.balances == {("0x" + "2" * 40, "0x" + "1" * 40): 1000}
     connection = engine.connect()
-    assert current_version(connection) == schema.LATEST_VERSION == 2
+    assert current_version(connection) == schema.LATEST_VERSION == 3
     assert connection.execute("SELECT COUNT(*) FROM transactions").fetchone() == (0,)
+    assert connection.execute("SELECT amount, pending_out FROM balances").fetchall() == [
+        ("1000", "0")
+    ]
+    assert connection.execute("SELECT COUNT(*) FROM idempotency_keys").fetchone() == (0,)
     assert connection.execute("SELECT name FROM api_keys").fetchall() == [("old",)]
     connection.close()
     backup = sqlite3.connect(engine.path + ".v1.bak")
