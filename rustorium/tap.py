@@ -15,9 +15,9 @@ from twisted.python import usage
 from . import tls
 from .config import SETTINGS, ConfigError, Settings, load_toml
 from .genesis import GenesisError, load_genesis
-from .service import RustoriumService
-from .service import makeService as _makeService
+from .service import ListenError, RustoriumService
 from .storage import DatabaseURLError, SchemaError, engine_from_url
+from .storage.lock import DatabaseLockError
 from .workers import WorkerSupervisor
 
 
@@ -132,16 +132,32 @@ def _child_twistd_args(argv: list[str]) -> list[str]:
     return kept
 
 
+class _CommandService(RustoriumService):
+    """
+    The service as ``twistd rustorium`` runs it: an endpoint that cannot
+    listen ends the process with one line, not twistd's traceback.
+    """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            raise SystemExit(f"rustorium: {e}") from None
+
+
 def makeService(options: Options, reactor: Any = None) -> "RustoriumService | WorkerSupervisor":
     """
     The service ``twistd rustorium`` runs: the server, or with
-    C{--workers} above 1, the supervisor of its worker processes.
+    C{--workers} above 1, the supervisor of its worker processes. What
+    stops the server's start-up (a bad genesis or database, a database
+    another server holds, a port it cannot listen on) ends the process
+    with one line.
     """
+    if reactor is None:
+        from twisted.internet import reactor
     if options.settings.workers > 1:
-        if reactor is None:
-            from twisted.internet import reactor
         return WorkerSupervisor(options.settings, reactor, _child_twistd_args(sys.argv))
     try:
-        return _makeService(options.settings, reactor)
-    except (GenesisError, SchemaError, DatabaseURLError) as e:
+        return _CommandService(options.settings, reactor)
+    except (GenesisError, SchemaError, DatabaseURLError, DatabaseLockError) as e:
         raise SystemExit(f"rustorium: {e}") from None
