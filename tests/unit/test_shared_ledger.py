@@ -7,7 +7,7 @@ reactor's clock faked.
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 
-from rustorium.bootstrap import prepare_database
+from rustorium.bootstrap import create_demo_key, prepare_database
 from rustorium.errors import RequestError
 from rustorium.requests import ExecuteTransaction
 from rustorium.shared_ledger import PENDING_GRACE, SharedLedger
@@ -37,6 +37,7 @@ class ImmediateDatabase:
 def engine(tmp_path):
     engine = SqliteEngine(str(tmp_path / "shared.db"))
     prepare_database(engine, None)
+    run_blocking(engine, create_demo_key)  # as the service does once listening
     return engine
 
 
