@@ -350,6 +350,7 @@ class RedisBroker:
         self._channels: dict[bytes, str] = {}
         self._received: list[Update] = []
         self._reserving = _Shared()
+        self._demand = 0
         self._publishing: GroupCommit[_Batch] = GroupCommit(self._publish, PUBLISH_GROUP)
         self._seeding = _Shared()
         self._outage: str | None = None
@@ -428,6 +429,11 @@ class RedisBroker:
 
         def confirmed(_: object) -> None:
             for listen in listens:
+                if self._channels.get(listen.channel) is None:
+                    # Unlistened meanwhile.
+                    execute(protocol, self.address, "UNSUBSCRIBE", listen.channel).addErrback(
+                        _ignore
+                    )
                 self._confirm(listen)
 
         return d.addCallback(confirmed)
@@ -507,11 +513,14 @@ class RedisBroker:
         """
         key = self._channels.get(channel)
         if key is not None:
-            number, at, retained, payload = data.split(b" ", 3)
-            self._received.append(
-                Update(int(number), key, payload, self._prepare(payload), float(at),
-                       retained == b"1")
-            )
+            try:
+                number, at, retained, payload = data.split(b" ", 3)
+                update = Update(int(number), key, payload, self._prepare(payload), float(at),
+                                retained == b"1")
+            except Exception:
+                self.log.failure("Ignored a malformed update on {channel!r}", channel=channel)
+                return
+            self._received.append(update)
         elif channel == self._control_channel:
             try:
                 message = orjson.loads(data)
@@ -614,7 +623,8 @@ class RedisBroker:
             if status == b"noepoch":
                 yield self._seeding.run(self._seed_now)
             elif status == b"ceiling":
-                yield self._reserving.run(lambda count=int(reply[1]): self._reserve(count))
+                self._demand += int(reply[1])
+                yield self._reserving.run(self._reserve_demand)
             else:
                 raise NumberingFailed(f"unexpected reply from {script.name}: {reply!r}")
         raise NumberingFailed(
@@ -622,11 +632,20 @@ class RedisBroker:
             "(reserved blocks ran out, or Redis kept losing its data)"
         )
 
+    def _reserve_demand(self) -> Deferred:
+        """
+        Reserve enough for every call refused since the last reservation
+        started (calls refused together are served together), and at least
+        a block.
+        """
+        demand, self._demand = self._demand, 0
+        return self._reserve(demand)
+
     @inlineCallbacks
     def _reserve(self, count: int) -> Any:
         """
-        Reserve a block of numbers in the database and raise Redis's ceiling
-        to it.
+        Reserve a block of at least C{count} numbers in the database and
+        raise Redis's ceiling to it.
         """
         block = max(self._id_block, count)
         ceiling = yield maybeDeferred(self._reserve_ids, block)
@@ -719,7 +738,7 @@ class RedisBroker:
                 number += len(batch.items)
             if int(reply[3]) - number < self._id_block // 2:
                 # Reserve the next block before it is needed.
-                self._reserving.run(lambda: self._reserve(0)).addErrback(
+                self._reserving.run(self._reserve_demand).addErrback(
                     self._reserve_failed
                 )
 

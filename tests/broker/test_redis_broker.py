@@ -30,7 +30,7 @@ from rustorium.broker.redis import Keys, RedisBroker
 from rustorium.hub import Update, channel_key
 from rustorium.timestamps import isoformat
 
-from ..redis_server import RedisServer, free_port
+from ..redis_server import free_port
 
 MTK = channel_key("market_data", "MTK/USD")
 ETH = channel_key("market_data", "ETH/USD")
@@ -47,11 +47,19 @@ class FakeDatabase:
     def __init__(self, ceiling: int = 1000) -> None:
         self.ceiling = ceiling
         self.reservations: list[int] = []
+        self.blocks: list[range] = []
 
     def reserve(self, count: int) -> Deferred:
+        self.blocks.append(range(self.ceiling + 1, self.ceiling + count + 1))
         self.ceiling += count
         self.reservations.append(count)
         return succeed(self.ceiling)
+
+    def reserved(self, number: int) -> bool:
+        """
+        Whether C{number} lies in a block reserved by some caller.
+        """
+        return any(number in block for block in self.blocks)
 
 
 class ShiftedClock:
@@ -231,6 +239,7 @@ def test_numbers_increase_across_nodes_and_never_repeat(nodes, database):
     numbers = [update.number for batch in results for update in batch]
     assert len(numbers) == 400 == len(set(numbers))
     assert min(numbers) > floor
+    assert all(database.reserved(number) for number in numbers)
     for batch in results:
         batch_numbers = [update.number for update in batch]
         assert batch_numbers == list(range(batch_numbers[0], batch_numbers[0] + 10))
@@ -244,25 +253,39 @@ def test_numbers_increase_across_nodes_and_never_repeat(nodes, database):
 def test_reserves_blocks_as_the_ceiling_is_reached(nodes, database):
     """
     With a tiny block, numbering keeps reserving blocks in the database
-    (a batch larger than a block reserves enough for itself) and the
-    numbers stay unique and increasing, within reserved blocks only.
+    (a batch larger than a block reserves enough for itself), and the
+    numbers stay unique, within reserved blocks, and in each node's order
+    of publication even when a publication had to wait for a block.
     """
     one = yield nodes("node-1", id_block=3)
     two = yield nodes("node-2", id_block=3)
     seeded = len(database.reservations)
-    results = []
+    calls = {one: [], two: []}
     for i in range(10):
-        pair = yield gatherResults([
-            one.broker.publish([tick(MTK, str(i)), tick(ETH, str(i))]),
-            two.broker.publish([tick(MTK, str(i))] * (5 if i == 5 else 1)),
-        ])
-        results.extend(pair)
-    numbers = [update.number for batch in results for update in batch]
-    assert len(numbers) == len(set(numbers)) == 10 * 3 + 4
-    assert numbers == sorted(numbers) or sorted(numbers) == sorted(set(numbers))
-    assert len(database.reservations) > seeded + 5
-    assert 5 in database.reservations
-    assert max(numbers) <= database.ceiling
+        for node, items in (
+            (one, [tick(MTK, str(i)), tick(ETH, str(i))]),
+            (two, [tick(MTK, str(i))] * (5 if i == 5 else 1)),
+            (one, [tick(ETH, str(i))]),
+        ):
+            calls[node].append(node.broker.publish(items))
+        calls[two].append(two.broker.current_state([MTK, ETH]))
+    one_results = yield gatherResults(calls[one])
+    two_results = yield gatherResults(calls[two])
+    one_numbers = [u.number for batch in one_results for u in batch]
+    two_numbers = []
+    snapshot_numbers = []
+    for result in two_results:
+        if isinstance(result, list):
+            two_numbers += [u.number for u in result]
+        else:
+            snapshot_numbers += [s.number for s in result.snapshots]
+            assert result.horizon == max(s.number for s in result.snapshots)
+    numbers = one_numbers + two_numbers + snapshot_numbers
+    assert len(numbers) == len(set(numbers)) == 10 * 3 + 14 + 20
+    # Each node's publications are numbered in the order it made them.
+    assert one_numbers == sorted(one_numbers) and two_numbers == sorted(two_numbers)
+    assert len(database.reservations) > seeded + 3
+    assert all(database.reserved(number) for number in numbers)
 
 
 @pytest_twisted.inlineCallbacks
@@ -500,6 +523,11 @@ def test_data_flushed_on_a_live_server_changes_the_epoch(nodes, raw, database):
     old_epoch = node.broker.epoch
     redis = yield raw()
     yield redis.execute_command("FLUSHALL")
+    # Reading finds the data gone too, and says what may be missing.
+    result = yield node.broker.replay({MTK: published[0].number - 1})
+    assert result.updates[MTK] == []
+    assert result.lost[MTK][0] == published[0].number
+    assert result.lost[MTK][1] >= published[0].number
     (update,) = yield node.broker.publish([tick(MTK, "2")])
     assert update.number > published[0].number
     assert node.broker.epoch != old_epoch
@@ -569,6 +597,36 @@ def test_commands_fail_fast_while_redis_is_down(nodes, redis_server):
     assert node.broker.listening == {MTK: 1}
     (update,) = yield node.broker.publish([tick(MTK, "back")])
     yield wait_until(lambda: node.updates and node.updates[-1].number == update.number)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_dropped_subscriber_link_is_reported_and_restored(nodes, raw):
+    """
+    Only the pub/sub connections drop: updates may have been missed, so
+    the owners hear of it; once back, every key is listened to again.
+    """
+    publisher = yield nodes("node-1")
+    listener = yield nodes("node-2")
+    yield listener.broker.listen(MTK)
+    yield listener.broker.listen(ETH)
+    redis = yield raw()
+    yield redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    yield wait_until(lambda: ("restored",) in listener.events)
+    assert [e[0] for e in listener.events] == ["lost", "restored"]
+    assert listener.broker.listening == {MTK: 1, ETH: 1}
+    yield publisher.broker.publish([tick(MTK, "1"), tick(ETH, "1")])
+    yield wait_until(lambda: len(listener.updates) == 2)
+
+
+@pytest_twisted.inlineCallbacks
+def test_stopping_reports_no_loss(nodes):
+    node = yield nodes()
+    yield node.broker.listen(MTK)
+    yield node.broker.stop()
+    yield sleep(0.1)
+    assert node.events == []
+    error = yield failure_of(node.broker.publish([tick(MTK, "1")]))
+    assert isinstance(error, BrokerUnavailable)
 
 
 @pytest_twisted.inlineCallbacks
