@@ -47,8 +47,13 @@ class RedisServer:
     every start is empty.
     """
 
-    def __init__(self, directory: Path, binary: str | None = None) -> None:
+    def __init__(self, directory: Path, *options: str, binary: str | None = None) -> None:
+        """
+        @param options: more C{redis-server} options (C{"--requirepass",
+            "secret"}).
+        """
         self.directory = directory
+        self.options = options
         self.binary = binary or redis_server_binary()
         self.port = free_port()
         self.process: subprocess.Popen | None = None
@@ -63,7 +68,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-             "--logfile", str(self.log_path)],
+             "--logfile", str(self.log_path), *self.options],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
@@ -83,7 +88,9 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                reply = s.recv(64)
+                # A server with a password answers that it wants one.
+                return reply.startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

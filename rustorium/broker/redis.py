@@ -300,7 +300,7 @@ class RedisBroker:
         clock: Any = None,
     ) -> None:
         """
-        @param url: C{redis://[:PASSWORD@]HOST[:PORT][/DB]}.
+        @param url: C{redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]}.
         @param node_name: this node's name, unique in the cluster.
         @param prepare: frames an encoded payload for the wire, once per
             update for all local connections.
@@ -697,12 +697,14 @@ class RedisBroker:
             return succeed([])
         now = self._clock.seconds()
         timestamp = isoformat(now)
-        batch = _Batch(
-            items,
-            [orjson.dumps({"channel": item.channel, **item.data, "timestamp": timestamp})
-             for item in items],
-            now,
-        )
+        try:
+            bodies = [
+                orjson.dumps({"channel": item.channel, **item.data, "timestamp": timestamp})
+                for item in items
+            ]
+        except TypeError:
+            return fail()
+        batch = _Batch(items, bodies, now)
         published: Deferred = Deferred()
 
         def done(failure: Failure | None) -> None:

@@ -34,13 +34,15 @@ from .interface import BrokerUnavailable
 @attrs.frozen
 class RedisAddress:
     """
-    Where a Redis server is: a C{redis://[:PASSWORD@]HOST[:PORT][/DB]} URL.
+    Where a Redis server is: a C{redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]}
+    URL (a user needs Redis 6's ACLs).
     """
 
     host: str
     port: int = 6379
     db: int = 0
     password: str | None = None
+    username: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> "RedisAddress":
@@ -54,7 +56,8 @@ class RedisAddress:
         if path and not path.isdigit():
             raise ValueError(f"the database of {url!r} must be a number, not {path!r}")
         password = unquote(parts.password) if parts.password else None
-        return cls(parts.hostname, parts.port or 6379, int(path or 0), password)
+        username = unquote(parts.username) if parts.username else None
+        return cls(parts.hostname, parts.port or 6379, int(path or 0), password, username)
 
     def __str__(self) -> str:
         return f"redis://{self.host}:{self.port}/{self.db}"
@@ -277,7 +280,10 @@ class RedisLink:
         address = self.address
         try:
             if address.password is not None:
-                yield execute(protocol, address, "AUTH", address.password)
+                credentials = [address.password]
+                if address.username is not None:
+                    credentials.insert(0, address.username)
+                yield execute(protocol, address, "AUTH", *credentials)
             if address.db:
                 yield execute(protocol, address, "SELECT", address.db)
             yield self._on_connect(protocol)
@@ -311,7 +317,7 @@ class RedisLink:
         first, self._first = self._first, None
         if first is not None:
             self._running = False
-            first.errback(BrokerUnavailable(f"cannot reach Redis at {self.address}: {reason}"))
+            first.errback(BrokerUnavailable(f"could not link to Redis at {self.address}: {reason}"))
             return
         self._failures += 1
         self.down_reason = reason

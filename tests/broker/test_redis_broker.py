@@ -30,7 +30,7 @@ from rustorium.broker.redis import Keys, RedisBroker
 from rustorium.hub import Update, channel_key
 from rustorium.timestamps import isoformat
 
-from ..redis_server import free_port
+from ..redis_server import RedisServer, free_port
 
 MTK = channel_key("market_data", "MTK/USD")
 ETH = channel_key("market_data", "ETH/USD")
@@ -286,6 +286,15 @@ def test_reserves_blocks_as_the_ceiling_is_reached(nodes, database):
     assert one_numbers == sorted(one_numbers) and two_numbers == sorted(two_numbers)
     assert len(database.reservations) > seeded + 3
     assert all(database.reserved(number) for number in numbers)
+
+
+@pytest_twisted.inlineCallbacks
+def test_data_that_cannot_be_encoded_fails_the_publication(nodes):
+    node = yield nodes()
+    error = yield failure_of(node.broker.publish([Publication("c", "c:k", {"x": object()})]))
+    assert isinstance(error, TypeError)
+    (update,) = yield node.broker.publish([tick(MTK, "1")])
+    assert update.number > 0
 
 
 @pytest_twisted.inlineCallbacks
@@ -650,7 +659,7 @@ def test_start_fails_when_redis_cannot_be_reached(nodes):
     node = yield nodes(url=f"redis://127.0.0.1:{free_port()}/0", start=False)
     error = yield failure_of(node.broker.start())
     assert isinstance(error, BrokerUnavailable)
-    assert "cannot reach Redis" in str(error)
+    assert "could not link to Redis" in str(error)
 
 
 @pytest_twisted.inlineCallbacks
@@ -665,6 +674,25 @@ def test_other_database_numbers(nodes, redis_server, raw):
     assert (yield redis.execute_command("EXISTS", KEYS.counter)) == 0
     yield redis.execute_command("SELECT", 3)
     assert (yield redis.execute_command("EXISTS", KEYS.counter)) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_password_from_the_url(nodes, tmp_path):
+    server = RedisServer(tmp_path, "--requirepass", "s3cret")
+    server.start()
+    try:
+        node = yield nodes(url=f"redis://:s3cret@127.0.0.1:{server.port}/0")
+        yield node.broker.listen(MTK)
+        (update,) = yield node.broker.publish([tick(MTK, "1")])
+        yield wait_until(lambda: node.updates)
+        assert node.updates[0].number == update.number
+        wrong = yield nodes(url=f"redis://:wrong@127.0.0.1:{server.port}/0", start=False)
+        error = yield failure_of(wrong.broker.start())
+        assert isinstance(error, BrokerUnavailable)
+        assert "WRONGPASS" in str(error)
+        yield node.broker.stop()
+    finally:
+        server.kill()
 
 
 # Resumable subscriptions.

@@ -16,6 +16,7 @@ def test_address_from_url():
     )
     assert RedisAddress.from_url("redis://127.0.0.1") == RedisAddress("127.0.0.1", 6379, 0)
     assert RedisAddress.from_url("redis://:s%40cret@h:1/0").password == "s@cret"
+    assert RedisAddress.from_url("redis://u:p@h:1/0").username == "u"
     assert str(RedisAddress.from_url("redis://:secret@h:1/3")) == "redis://h:1/3"
 
 
