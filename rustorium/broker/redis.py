@@ -337,7 +337,6 @@ class RedisBroker:
         self._node_prefix = keys.node("")
         self._control_channel = keys.control(node_name).encode()
         self._epoch_channel = keys.epoch_channel.encode()
-        self._updates_prefix = keys.updates("")
 
         self.epoch = ""
         self.on_updates: Callable[[list[Update]], None] = _ignore
