@@ -49,11 +49,14 @@ class FakeDatabase:
         self.reservations: list[int] = []
         self.blocks: list[range] = []
 
-    def reserve(self, count: int) -> Deferred:
+    def take(self, count: int) -> int:
         self.blocks.append(range(self.ceiling + 1, self.ceiling + count + 1))
         self.ceiling += count
         self.reservations.append(count)
-        return succeed(self.ceiling)
+        return self.ceiling
+
+    def reserve(self, count: int) -> Deferred:
+        return succeed(self.take(count))
 
     def reserved(self, number: int) -> bool:
         """
@@ -295,6 +298,23 @@ def test_data_that_cannot_be_encoded_fails_the_publication(nodes):
     assert isinstance(error, TypeError)
     (update,) = yield node.broker.publish([tick(MTK, "1")])
     assert update.number > 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_node_numbers_contiguously_across_blocks(nodes, database):
+    """
+    The next block is reserved before the current one runs out, and
+    extends it: a lone node wastes no numbers.
+    """
+    node = yield nodes(id_block=10)
+    seeded = len(database.reservations)
+    numbers = []
+    for i in range(35):
+        (update,) = yield node.broker.publish([tick(MTK, str(i))])
+        numbers.append(update.number)
+    assert numbers == list(range(numbers[0], numbers[0] + 35))
+    assert len(database.reservations) >= seeded + 3
+    assert all(database.reserved(number) for number in numbers)
 
 
 @pytest_twisted.inlineCallbacks
@@ -566,6 +586,46 @@ def test_redis_restarted_from_a_dump_starts_a_new_epoch(nodes, raw, database):
     assert node.broker.epoch != old_epoch
     (update,) = yield node.broker.publish([tick(MTK, "2")])
     assert update.number > ceiling
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_node_seeding_late_never_reissues_numbers(nodes, raw, database):
+    """
+    Node A reserves a block to seed an empty Redis, but is slow to use it;
+    node B reserves the next block, seeds with it and publishes; Redis
+    loses its data; A seeds with its older block. When A's block runs
+    out, it must jump over B's block (whose numbers went out in the lost
+    epoch), not continue into it.
+    """
+    held: list = []
+
+    def slow(count):
+        ceiling = database.take(count)
+        if not held:
+            held.append(Deferred())
+            return held[0].addCallback(lambda _: ceiling)
+        return ceiling
+
+    a = yield nodes("node-a", start=False, reserve_ids=slow, id_block=10)
+    starting = a.broker.start()
+    yield wait_until(lambda: held)
+    b = yield nodes("node-b", id_block=10)
+    b_numbers = []
+    for i in range(5):
+        (update,) = yield b.broker.publish([tick(MTK, str(i))])
+        b_numbers.append(update.number)
+    redis = yield raw()
+    yield redis.execute_command("FLUSHALL")
+    held[0].callback(None)
+    yield starting
+    a_numbers = []
+    for i in range(25):
+        (update,) = yield a.broker.publish([tick(ETH, str(i))])
+        a_numbers.append(update.number)
+    assert a_numbers[0] < b_numbers[0]  # A's block came first
+    assert not set(a_numbers) & set(b_numbers)
+    assert a_numbers == sorted(a_numbers)
+    assert all(database.reserved(number) for number in a_numbers + b_numbers)
 
 
 @pytest_twisted.inlineCallbacks
