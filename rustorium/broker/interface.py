@@ -58,8 +58,8 @@ class CurrentState:
     The latest values of some keys, renumbered.
 
     @ivar snapshots: one update per key that has a latest value, in the
-        order the keys were asked for, each numbered afresh (above
-        C{horizon}'s predecessors, at or below C{horizon}) so that the ids a
+        order the keys were asked for, each numbered afresh (above every
+        update published before, at or below C{horizon}) so that the ids a
         connection receives keep increasing.
     @ivar horizon: the last number issued when the values were read
         (snapshot numbers included). Every update of these keys numbered at
