@@ -58,8 +58,8 @@ class CurrentState:
     The latest values of some keys, renumbered.
 
     @ivar snapshots: one update per key that has a latest value, in the
-        order the keys were asked for, each numbered afresh (above
-        C{horizon}'s predecessors, at or below C{horizon}) so that the ids a
+        order the keys were asked for, each numbered afresh (above every
+        update published before, at or below C{horizon}) so that the ids a
         connection receives keep increasing.
     @ivar horizon: the last number issued when the values were read
         (snapshot numbers included). Every update of these keys numbered at
@@ -266,10 +266,15 @@ class IBroker(Interface):
 
     def detach_subscription(subscription_id: str, now: float) -> Deferred[list[str]]:
         """
-        The subscription's connection is gone: keep it resumable for the
-        resume window from C{now}. Each owner keeps at most the broker's cap
-        of detached subscriptions: the oldest detached go first. Fires with
-        the ids of the subscriptions forgotten to make room.
+        The subscription's connection on this node is gone: keep it
+        resumable for the resume window from C{now}. Each owner keeps at
+        most the broker's cap of detached subscriptions: the oldest detached
+        go first. Fires with the ids of the subscriptions forgotten to make
+        room.
+
+        Does nothing unless the subscription is attached to this node: once
+        another node has claimed it, the connection this node saw close no
+        longer owns it.
         """
 
     def claim_subscription(
@@ -282,9 +287,10 @@ class IBroker(Interface):
         noticed); the claim says where.
         """
 
-    def remove_subscription(subscription_id: str) -> Deferred[None]:
+    def remove_subscription(subscription_id: str) -> Deferred[bool]:
         """
-        Forget a subscription (unsubscribed).
+        Forget a subscription (unsubscribed), unless another node has it
+        attached; fires with whether it was forgotten.
         """
 
     def detach_node(node: str, now: float) -> Deferred[int]:

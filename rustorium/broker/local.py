@@ -217,19 +217,19 @@ class LocalBroker:
         return succeed(Claim(kept.record, attached_to))
 
     def remove_subscription(self, subscription_id: str) -> Deferred:
-        self._forget(subscription_id)
-        return succeed(None)
+        return succeed(self._forget(subscription_id))
 
-    def _forget(self, subscription_id: str) -> None:
+    def _forget(self, subscription_id: str) -> bool:
         kept = self._registry.pop(subscription_id, None)
         if kept is None:
-            return
+            return False
         detached = self._detached.get(kept.record.owner)
         if detached is not None:
             detached.pop(subscription_id, None)
             if not detached:
                 del self._detached[kept.record.owner]
         self._unwatch(kept.record)
+        return True
 
     def detach_node(self, node: str, now: float) -> Deferred:
         return succeed(0)
