@@ -432,13 +432,12 @@ class Ledger:
             del self._idempotent[key]
 
     def _publish(self, row: TransactionRow) -> None:
+        # One event on both addresses' keys: a connection that follows both
+        # (or that resumes both) receives it once, under one message id.
         hub = self._hub
-        keys = [
-            key for key in (channel_key(TRANSACTION_UPDATES, row.sender),
-                            channel_key(TRANSACTION_UPDATES, row.recipient))
-            if hub.heard(key)
-        ]
-        if not keys:
+        keys = (channel_key(TRANSACTION_UPDATES, row.sender),
+                channel_key(TRANSACTION_UPDATES, row.recipient))
+        if not (hub.heard(keys[0]) or hub.heard(keys[1])):
             return
         token = self._catalog.tokens[row.token_id]
         data: dict[str, object] = {
@@ -453,8 +452,7 @@ class Ledger:
             data["block_number"] = row.block_number
         if row.reason is not None:
             data["reason"] = row.reason
-        for key in keys:
-            hub.publish(TRANSACTION_UPDATES, key, data, retain=False)
+        hub.publish_event(TRANSACTION_UPDATES, keys, data)
 
 
 def describe_transaction(row: TransactionRow, token: Token) -> dict[str, object]:

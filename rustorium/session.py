@@ -28,7 +28,8 @@ with C{internal_error}.
 """
 
 import heapq
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator
 from enum import Enum
 from itertools import islice
 from operator import attrgetter
@@ -43,7 +44,7 @@ from zope.interface import Attribute, Interface
 from .amounts import format_units
 from .closecodes import CloseCode
 from .errors import ErrorCode, RequestError
-from .hub import CallableSink, ReplayOvertaken, Update
+from .hub import CallableSink, Replay, ReplayOvertaken, Update
 from .ledger import describe_transaction
 from .ratelimit import FloodWindow, TokenBucket
 from .requests import (
@@ -119,6 +120,44 @@ class SessionState(Enum):
 REPLAY_CHUNK = 256
 """Replayed updates sent per reactor turn, so that a reconnect storm of
 thousands of clients never stalls the server."""
+
+
+def _sharing(replays: Iterable[Replay]) -> list[Replay]:
+    """
+    The replays that may hold updates another of them holds too (an event
+    published on two keys); empty unless there are at least two.
+    """
+    sharing = [r for r in replays if r.count and r.shared]
+    return sharing if len(sharing) > 1 else []
+
+
+def _count_once(replays: Collection[Replay]) -> int:
+    """
+    How many updates merging C{replays} yields, each counted once.
+    """
+    total = sum(r.count for r in replays)
+    copies = Counter(u.number for r in _sharing(replays) for u in r if u.shared)
+    return total - (sum(copies.values()) - len(copies))
+
+
+def _merge_once(replays: Collection[Replay]) -> Iterator[Update]:
+    """
+    The updates of C{replays} in order of message id, each once.
+    """
+    merged = heapq.merge(*(iter(r) for r in replays if r.count), key=attrgetter("number"))
+    if not _sharing(replays):
+        return merged
+    return _skip_repeats(merged)
+
+
+def _skip_repeats(updates: Iterator[Update]) -> Iterator[Update]:
+    # A shared update comes out of the merge once per history holding it,
+    # the copies next to each other.
+    last = None
+    for update in updates:
+        if update.number != last:
+            last = update.number
+            yield update
 
 
 class Session:
@@ -561,13 +600,11 @@ class Session:
             {
                 "recovered": len(resumed) == len(request.subscription_ids)
                 and not self._unrecovered,
-                "replayed": sum(r.count for r in replays.values()),
+                "replayed": _count_once(replays.values()),
                 "subscriptions": entries,
             },
         )
-        self._replay = heapq.merge(
-            *(iter(r) for r in replays.values() if r.count), key=attrgetter("number")
-        )
+        self._replay = _merge_once(replays.values())
         self._stream_replay()
 
     def _stream_replay(self) -> None:

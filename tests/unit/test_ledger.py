@@ -301,6 +301,54 @@ class TestBlocks:
             assert updates[0]["amount"] == "2"
             assert updates[1]["block_number"] == 1
 
+    def test_both_ends_on_one_connection_once(self, server, clock):
+        """
+        A connection following both from and to receives each status once,
+        under one id, and so does each connection following one end.
+        """
+        both, both_conn = open_session(server, KEY)
+        follower, follower_conn = open_session(server, KEY)
+        for address in (ALICE, CAROL):
+            send(both, {"type": "subscribe",
+                        "data": {"channel": "transaction_updates", "address": address}})
+        send(follower, {"type": "subscribe",
+                        "data": {"channel": "transaction_updates", "address": CAROL}})
+        both_conn.take()
+        follower_conn.take()
+        transfer(both)
+        transaction_id = both_conn.take()[0]["data"]["transaction_id"]
+        clock.advance(0)
+        server.ledger.produce_block()
+        mine = [m for m in both_conn.take() if m["type"] == "update"]
+        theirs = [m for m in follower_conn.take() if m["type"] == "update"]
+        assert [(m["data"]["transaction_id"], m["data"]["status"]) for m in mine] == [
+            (transaction_id, "pending"), (transaction_id, "confirmed")
+        ]
+        assert [m["id"] for m in theirs] == [m["id"] for m in mine]
+
+    def test_both_ends_replayed_once(self, server, clock):
+        """
+        Resuming subscriptions of both ends replays each status once, in
+        order, with counts that say so.
+        """
+        old, old_conn = open_session(server, KEY)
+        ids = []
+        for address in (ALICE, CAROL):
+            send(old, {"type": "subscribe",
+                       "data": {"channel": "transaction_updates", "address": address}})
+            ids.append(old_conn.take()[0]["data"]["subscription_id"])
+        old.connection_lost()
+        sender, _ = open_session(server, KEY)
+        transfer(sender)
+        clock.advance(0)
+        server.ledger.produce_block()
+        _, connection = open_session(server, KEY)
+        send(_, {"id": "r", "type": "reconnect", "data": {"subscriptions": ids}})
+        confirmation, *replayed = connection.take()
+        assert confirmation["data"]["replayed"] == 2
+        assert [e["replayed"] for e in confirmation["data"]["subscriptions"]] == [2, 2]
+        assert [m["data"]["status"] for m in replayed] == ["pending", "confirmed"]
+
     def test_volume_feeds_token_updates(self, server, clock, session):
         session, _ = session
         transfer(session, amount="2.5")
