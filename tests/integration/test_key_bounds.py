@@ -1,14 +1,20 @@
 """
 What one API key can take from the real server, however many connections
 it opens: its message rate, its parked subscriptions, its resumed
-and its resumed subscriptions per connection. Each attack
+subscriptions per connection, and its transfers once revoked. Each attack
 is bounded in connections, messages and time, on loopback only.
 """
 
+import subprocess
 import time
 
 from tests.integration.client import Client, http_get
+from tests.integration.conftest import BIN, environment
 from tests.integration.test_operations import metric
+
+ALICE = "0xa11ce00000000000000000000000000000000001"
+CAROL = "0x" + "c" * 40
+MTK = "0x00000000000000000000000000000000004d544b"
 
 
 def address(n: int) -> str:
@@ -128,3 +134,36 @@ def test_reconnect_past_the_subscription_limit(start_server):
             assert [e["status"] for e in rest["data"]["subscriptions"]] == ["resumed"] * 2
             assert detached(server) == 0
 
+
+def test_revoked_key_gets_no_transfer_accepted(start_server):
+    """
+    A client sends transfers one after another while `rustorium keys
+    revoke` runs. Once the command has returned, none of its transfers is
+    acknowledged, although the key check that closes its connection is far
+    off (30 s): the commit itself refuses a revoked key.
+    """
+    server = start_server("--key-check-interval", "30", "--block-interval", "60")
+    key = server.create_key("--name", "doomed", "--address", ALICE)
+    transfer = {"from": ALICE, "to": CAROL, "amount": "0.001", "token_id": MTK}
+    with Client(server.url, key) as client:
+        assert client.request("execute_transaction", transfer)["type"] == "transaction_response"
+        revoke = subprocess.Popen(
+            [str(BIN / "rustorium"), "keys", "revoke", "--database", server.database, "2"],
+            env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        after_revoke = []
+        deadline = time.monotonic() + 30
+        n = 0
+        while len(after_revoke) < 10:
+            assert time.monotonic() < deadline, "revoke did not finish"
+            returned = revoke.poll() is not None
+            n += 1
+            reply = client.request("execute_transaction", transfer, request_id=n)
+            if returned:
+                after_revoke.append(reply)
+            # Under the connection's rate limit (10 per second).
+            time.sleep(0.11)
+        assert revoke.wait() == 0
+    assert [r["type"] for r in after_revoke] == ["error"] * 10, after_revoke
+    assert all(r["data"]["code"] == "forbidden" for r in after_revoke)
+    assert "revoked" in after_revoke[0]["data"]["message"]

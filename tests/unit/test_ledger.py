@@ -359,6 +359,74 @@ class TestBlocks:
         assert server.ledger.volume_24h(MTK.token_id) == 0
 
 
+class TestRevokedKey:
+    """
+    The store refuses, in the commit itself, the rows of a key revoked
+    meanwhile; the ledger then undoes their acceptance.
+    """
+
+    def test_refused_at_commit(self, server, session, store):
+        """
+        A transfer whose key is revoked before its commit is answered
+        forbidden, stored nowhere, and its reservation is released.
+        """
+        session, connection = session
+        store.hold = True
+        transfer(session, amount="5")
+        store.revoked.add(KEY.key_id)
+        store.release()
+        [reply] = connection.take()
+        assert reply["type"] == "error"
+        assert reply["data"]["code"] == "forbidden"
+        assert "revoked" in reply["data"]["message"]
+        assert store.transactions == {}
+        assert server.ledger.pending_count == 0
+        assert balance(session, connection)["available"] == "600000"
+        assert server.ledger.produce_block().result is None
+
+    def test_other_keys_in_the_same_commit_accepted(self, clock, store):
+        """
+        Rows of other keys sharing the commit are stored and answered.
+        """
+        server = make_server(clock, store=store)
+        bob_key = ApiKey(2, "bob", frozenset({BOB}), "2026-01-01T00:00:00.000000Z")
+        alice, alice_conn = open_session(server, KEY)
+        bob, bob_conn = open_session(server, bob_key)
+        store.hold = True
+        transfer(alice, request_id="first")
+        transfer(alice, request_id="a")
+        transfer(bob, request_id="b", sender=BOB)
+        store.release()
+        store.revoked.add(KEY.key_id)
+        store.release()
+        assert [len(c) for c in store.commits] == [1, 1]
+        assert [m["type"] for m in alice_conn.take()] == [
+            "transaction_response", "error"
+        ]
+        [accepted] = bob_conn.take()
+        assert accepted["type"] == "transaction_response"
+        assert [r.key_id for r in store.transactions.values()] == [1, 2]
+
+    def test_idempotency_key_forgotten(self, session, store):
+        """
+        A repeat waiting for a refused transfer is refused too, and the
+        idempotency key is not bound to the refused transfer.
+        """
+        session, connection = session
+        store.hold = True
+        transfer(session, request_id="1", idempotency_key="k")
+        transfer(session, request_id="2", idempotency_key="k")
+        store.revoked.add(KEY.key_id)
+        store.release()
+        assert sorted((m["id"], m["data"]["code"]) for m in connection.take()) == [
+            ("1", "forbidden"), ("2", "forbidden")
+        ]
+        store.revoked.clear()
+        store.hold = False
+        transfer(session, request_id="3", idempotency_key="k")
+        assert connection.take()[0]["type"] == "transaction_response"
+
+
 class TestGetTransaction:
     def test_lifecycle(self, server, session, clock):
         session, connection = session
