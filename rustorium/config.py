@@ -207,6 +207,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Messages per second allowed per connection (token bucket refill rate)."),
     Setting("rate-burst", _count,
             "Messages a connection may send at once (token bucket size)."),
+    Setting("key-rate-limit", _positive_seconds,
+            "Messages per second allowed per API key across all its connections "
+            "(token bucket refill rate, kept across reconnects)."),
+    Setting("key-rate-burst", _count,
+            "Messages an API key's connections may send at once together (token bucket size)."),
+    Setting("max-detached-per-key", _count,
+            "Subscriptions of lost connections kept resumable per API key; past it the "
+            "oldest expire first."),
     Setting("flood-limit", _count,
             "Rate-limited messages within 10 seconds after which a connection is closed (4008)."),
     Setting("max-message-size", _count,
@@ -262,6 +270,9 @@ class Settings:
     max_subscriptions: int = 100
     rate_limit: float = 10.0
     rate_burst: int = 10
+    key_rate_limit: float = 100.0
+    key_rate_burst: int = 200
+    max_detached_per_key: int = 1000
     flood_limit: int = 50
     max_message_size: int = 65536
     max_backlog: int = 1048576

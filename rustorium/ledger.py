@@ -63,7 +63,9 @@ class ILedgerStore(Interface):
 
     def insert(rows: list[TransactionRow]) -> Deferred:
         """
-        Store accepted transactions durably.
+        Store accepted transactions durably, except those of API keys that
+        are revoked when they are stored (checked in the same database
+        transaction); fire with the set of those keys' ids.
         """
 
     def write_block(
@@ -274,17 +276,19 @@ class Ledger:
                 parameters, row
             )
         d: Deferred[TransactionRow] = Deferred()
-        self._committer.add(row, lambda failure, _: self._stored(failure, row, entry, d))
+        self._committer.add(row, lambda failure: self._stored(failure, row, entry, d))
         return d
 
     def _stored(
-        self, failure: Failure | None, row: TransactionRow, entry: _Idempotent | None,
+        self, outcome: "set[int] | Failure", row: TransactionRow, entry: _Idempotent | None,
         d: "Deferred[TransactionRow]",
     ) -> None:
-        if failure is None:
-            d.callback(self._accepted(row, entry))
+        if isinstance(outcome, Failure):
+            d.errback(self._not_accepted(outcome, row, entry))
+        elif outcome and row.key_id in outcome:
+            d.errback(self._refused(row, entry))
         else:
-            d.errback(self._not_accepted(failure, row, entry))
+            d.callback(self._accepted(row, entry))
 
     def _repeat(self, key_id: int, idempotency_key: str, parameters: tuple) -> Deferred | None:
         entry = self._idempotent.get((key_id, idempotency_key))
@@ -338,11 +342,27 @@ class Ledger:
     ) -> RequestError:
         self.log.failure("Storing transaction {id} failed; it was not accepted", failure,
                          id=row.transaction_id)
-        self._release(row)
-        error = RequestError(
+        return self._forget(row, entry, RequestError(
             ErrorCode.INTERNAL_ERROR,
             "the transaction could not be stored and was not accepted; send it again",
-        )
+        ))
+
+    def _refused(self, row: TransactionRow, entry: _Idempotent | None) -> RequestError:
+        # The key was revoked after the request was checked but before its
+        # commit: the store left the row out.
+        return self._forget(row, entry, RequestError(
+            ErrorCode.FORBIDDEN,
+            "this API key has been revoked; the transaction was not accepted",
+        ))
+
+    def _forget(
+        self, row: TransactionRow, entry: _Idempotent | None, error: RequestError
+    ) -> RequestError:
+        """
+        Undo the acceptance of a row that was not stored: release its
+        reservation and its idempotency key, and fail repeats waiting for it.
+        """
+        self._release(row)
         if entry is not None:
             key = (row.key_id, row.idempotency_key)
             if self._idempotent.get(key) is entry:
@@ -432,13 +452,12 @@ class Ledger:
             del self._idempotent[key]
 
     def _publish(self, row: TransactionRow) -> None:
+        # One event on both addresses' keys: a connection that follows both
+        # (or that resumes both) receives it once, under one message id.
         hub = self._hub
-        keys = [
-            key for key in (channel_key(TRANSACTION_UPDATES, row.sender),
-                            channel_key(TRANSACTION_UPDATES, row.recipient))
-            if hub.heard(key)
-        ]
-        if not keys:
+        keys = (channel_key(TRANSACTION_UPDATES, row.sender),
+                channel_key(TRANSACTION_UPDATES, row.recipient))
+        if not (hub.heard(keys[0]) or hub.heard(keys[1])):
             return
         token = self._catalog.tokens[row.token_id]
         data: dict[str, object] = {
@@ -453,8 +472,7 @@ class Ledger:
             data["block_number"] = row.block_number
         if row.reason is not None:
             data["reason"] = row.reason
-        for key in keys:
-            hub.publish(TRANSACTION_UPDATES, key, data, retain=False)
+        hub.publish_event(TRANSACTION_UPDATES, keys, data)
 
 
 def describe_transaction(row: TransactionRow, token: Token) -> dict[str, object]:

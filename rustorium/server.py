@@ -14,6 +14,7 @@ from .apikeys import KeyStore
 from .catalog import Catalog
 from .config import Settings
 from .hub import IHub
+from .ratelimit import KeyBuckets
 from .subscriptions import SubscriptionRegistry
 
 if TYPE_CHECKING:
@@ -89,6 +90,8 @@ class Server:
 
     @ivar ready: whether the service has started; handshakes are refused
         with 503 until it has.
+    @ivar key_buckets: each API key's message budget, shared by all its
+        connections and kept across reconnects.
     """
 
     def __init__(
@@ -106,9 +109,13 @@ class Server:
         self.catalog = catalog
         self.keys = keys
         self.ledger = ledger
-        self.subscriptions = SubscriptionRegistry(hub, settings.resume_window)
+        self.subscriptions = SubscriptionRegistry(
+            hub, settings.resume_window, settings.max_detached_per_key
+        )
         self.sessions = SessionRegistry()
         self.version = __version__
         self.ready = False
         self.counters = Counters()
         self.connections_per_key: Counter[int] = Counter()
+        self.key_buckets = KeyBuckets(settings.key_rate_limit, settings.key_rate_burst,
+                                      clock.seconds)

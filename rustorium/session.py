@@ -20,14 +20,16 @@ connection with the same API key may resume them within the resume window.
 ``docs/session.dot`` draws it.
 
 Each message goes through, in order: the silence clock, the envelope check,
-the rate limit (C{heartbeat_response} is exempt), the typed request, its
-handler. A handler either answers at once or returns a Deferred; any
-L{RequestError} becomes an C{error} reply echoing the request's id, and any
-other exception is logged and answered with C{internal_error}.
+the rate limits, the connection's then its API key's (C{heartbeat_response}
+is exempt), the typed request, its handler. A handler either answers at
+once or returns a Deferred; any L{RequestError} becomes an C{error} reply
+echoing the request's id, and any other exception is logged and answered
+with C{internal_error}.
 """
 
 import heapq
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator
 from enum import Enum
 from itertools import islice
 from operator import attrgetter
@@ -42,7 +44,7 @@ from zope.interface import Attribute, Interface
 from .amounts import format_units
 from .closecodes import CloseCode
 from .errors import ErrorCode, RequestError
-from .hub import CallableSink, ReplayOvertaken, Update
+from .hub import CallableSink, Replay, ReplayOvertaken, Update
 from .ledger import describe_transaction
 from .ratelimit import FloodWindow, TokenBucket
 from .requests import (
@@ -120,6 +122,44 @@ REPLAY_CHUNK = 256
 thousands of clients never stalls the server."""
 
 
+def _sharing(replays: Iterable[Replay]) -> list[Replay]:
+    """
+    The replays that may hold updates another of them holds too (an event
+    published on two keys); empty unless there are at least two.
+    """
+    sharing = [r for r in replays if r.count and r.shared]
+    return sharing if len(sharing) > 1 else []
+
+
+def _count_once(replays: Collection[Replay]) -> int:
+    """
+    How many updates merging C{replays} yields, each counted once.
+    """
+    total = sum(r.count for r in replays)
+    copies = Counter(u.number for r in _sharing(replays) for u in r if u.shared)
+    return total - (sum(copies.values()) - len(copies))
+
+
+def _merge_once(replays: Collection[Replay]) -> Iterator[Update]:
+    """
+    The updates of C{replays} in order of message id, each once.
+    """
+    merged = heapq.merge(*(iter(r) for r in replays if r.count), key=attrgetter("number"))
+    if not _sharing(replays):
+        return merged
+    return _skip_repeats(merged)
+
+
+def _skip_repeats(updates: Iterator[Update]) -> Iterator[Update]:
+    # A shared update comes out of the merge once per history holding it,
+    # the copies next to each other.
+    last = None
+    for update in updates:
+        if update.number != last:
+            last = update.number
+            yield update
+
+
 class Session:
     """
     One authenticated connection.
@@ -182,9 +222,19 @@ class Session:
                     return
         server.counters.received[envelope.type if envelope else "invalid"] += 1
         request_id = envelope.request_id if envelope else problem.request_id
+        settings = server.settings
         if not self._bucket.take():
-            server.counters.rate_limited += 1
-            self._rate_limited(request_id)
+            self._rate_limited(
+                request_id, self._bucket, f"more than {settings.rate_limit:g} messages per second"
+            )
+            return
+        key_bucket = server.key_buckets.bucket(self.api_key.key_id)
+        if not key_bucket.take():
+            self._rate_limited(
+                request_id, key_bucket,
+                f"more than {settings.key_rate_limit:g} messages per second from this API key "
+                "across its connections",
+            )
             return
         if problem is not None:
             self._send_error(request_id, problem)
@@ -262,7 +312,8 @@ class Session:
             request_id, "error", {"code": str(error.code), "message": error.message, **error.extra}
         )
 
-    def _rate_limited(self, request_id: object) -> None:
+    def _rate_limited(self, request_id: object, bucket: TokenBucket, limit: str) -> None:
+        self._server.counters.rate_limited += 1
         if self._flood.exceeded():
             self.log.info(
                 "Closing {peer} (key {key_name}): kept sending past the rate limit",
@@ -270,13 +321,12 @@ class Session:
             )
             self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded repeatedly")
             return
-        retry_after = round(self._bucket.retry_after(), 3)
+        retry_after = round(bucket.retry_after(), 3)
         self._send_error(
             request_id,
             RequestError(
                 ErrorCode.RATE_LIMIT_EXCEEDED,
-                f"more than {self._server.settings.rate_limit:g} messages per second; "
-                f"this one was not executed, retry after {retry_after:g} s",
+                f"{limit}; this one was not executed, retry after {retry_after:g} s",
                 retry_after=retry_after,
             ),
         )
@@ -467,11 +517,17 @@ class Session:
                     "max_subscriptions": settings.max_subscriptions,
                     "rate_limit": settings.rate_limit,
                     "rate_burst": settings.rate_burst,
+                    "key_rate_limit": settings.key_rate_limit,
+                    "key_rate_burst": settings.key_rate_burst,
+                    "max_detached_per_key": settings.max_detached_per_key,
                     "max_message_size": settings.max_message_size,
                 },
                 "usage": {
                     "subscriptions": len(self._subscriptions),
                     "rate_tokens": round(self._bucket.available(), 3),
+                    "key_rate_tokens": round(
+                        server.key_buckets.bucket(self.api_key.key_id).available(), 3
+                    ),
                 },
                 "channels": ["token_updates", "transaction_updates", "market_data"],
                 "markets": list(server.catalog.markets),
@@ -489,13 +545,18 @@ class Session:
         server = self._server
         hub = server.hub
         last = request.last_message_id
+        owner = self.api_key.key_id
         resumed: dict[str, Subscription] = {}
+        # Resumable, but past the subscription limit: they stay as they are,
+        # for another connection to resume.
+        surplus: set[str] = set()
         for subscription_id in request.subscription_ids:
-            if len(resumed) >= server.settings.max_subscriptions:
-                break
-            subscription = server.subscriptions.claim(subscription_id, self.api_key.key_id)
-            if subscription is not None:
-                resumed[subscription_id] = subscription
+            if len(resumed) < server.settings.max_subscriptions:
+                subscription = server.subscriptions.claim(subscription_id, owner)
+                if subscription is not None:
+                    resumed[subscription_id] = subscription
+            elif server.subscriptions.find(subscription_id, owner) is not None:
+                surplus.add(subscription_id)
         # Replay each key from the oldest point any of its subscriptions
         # needs: after the client's last message, never before it subscribed.
         starts: dict[str, int] = {}
@@ -507,6 +568,10 @@ class Session:
         entries = []
         for subscription_id in request.subscription_ids:
             subscription = resumed.get(subscription_id)
+            if subscription_id in surplus:
+                entries.append({"subscription_id": subscription_id, "status": "not_resumed",
+                                "reason": str(ErrorCode.SUBSCRIPTION_LIMIT)})
+                continue
             if subscription is None:
                 entries.append({"subscription_id": subscription_id, "status": "expired"})
                 continue
@@ -535,13 +600,11 @@ class Session:
             {
                 "recovered": len(resumed) == len(request.subscription_ids)
                 and not self._unrecovered,
-                "replayed": sum(r.count for r in replays.values()),
+                "replayed": _count_once(replays.values()),
                 "subscriptions": entries,
             },
         )
-        self._replay = heapq.merge(
-            *(iter(r) for r in replays.values() if r.count), key=attrgetter("number")
-        )
+        self._replay = _merge_once(replays.values())
         self._stream_replay()
 
     def _stream_replay(self) -> None:

@@ -221,31 +221,36 @@ class SharedLedger:
             new_transaction_id(), request.sender, request.recipient, request.token_id, amount,
             api_key.key_id, key, self._clock.seconds(),
         )
-        self._committer.add(
-            transfer, lambda failure, outcome: self._stored(failure, outcome, transfer, token, d)
+        self._committer.add(transfer, lambda result: self._stored(result, transfer, token, d))
+
+    def _store(self, transfers: list[Transfer]) -> "Deferred[dict[str, Outcome]]":
+        """
+        Have the database accept a batch; fires with each transfer's
+        L{Outcome} by transaction id.
+        """
+        expired_before = self._clock.seconds() - IDEMPOTENCY_WINDOW
+        d = self._database.run(accept_transfers, self._dialect, transfers, expired_before)
+        return d.addCallback(
+            lambda outcomes: {t.transaction_id: o for t, o in zip(transfers, outcomes, strict=True)}
         )
 
-    def _store(self, transfers: list[Transfer]) -> "Deferred[list[Outcome]]":
-        expired_before = self._clock.seconds() - IDEMPOTENCY_WINDOW
-        return self._database.run(accept_transfers, self._dialect, transfers, expired_before)
-
     def _stored(
-        self, failure: Failure | None, outcome: Outcome | None, transfer: Transfer, token: Token,
+        self, result: "dict[str, Outcome] | Failure", transfer: Transfer, token: Token,
         d: Deferred,
     ) -> None:
         waiting = []
         if transfer.idempotency_key is not None:
             in_flight = self._in_flight.pop((transfer.key_id, transfer.idempotency_key), None)
             waiting = in_flight.waiting if in_flight is not None else []
-        if failure is not None:
-            self.log.failure("Storing transaction {id} failed; it was not accepted", failure,
+        if isinstance(result, Failure):
+            self.log.failure("Storing transaction {id} failed; it was not accepted", result,
                              id=transfer.transaction_id)
             d.errback(RequestError(
                 ErrorCode.INTERNAL_ERROR,
                 "the transaction could not be stored and was not accepted; send it again",
             ))
         else:
-            self._answer(outcome, transfer, token, d)
+            self._answer(result[transfer.transaction_id], transfer, token, d)
         for retry in waiting:
             retry()
 

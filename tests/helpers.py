@@ -58,9 +58,12 @@ class MemoryLedgerStore:
     """
     A ledger store in memory. Writes complete at once, or, with C{hold},
     wait until the test fires them (C{release}) or fails them (C{fail}).
+    Rows of the key ids in C{revoked} (as when they are written) are left
+    out, as the database does.
     """
 
     def __init__(self) -> None:
+        self.revoked: set[int] = set()
         self.transactions: dict[str, TransactionRow] = {}
         self.blocks: list[tuple[int, float, list, dict]] = []
         self.balances: dict[tuple[str, str], int] = {}
@@ -70,8 +73,7 @@ class MemoryLedgerStore:
 
     def _write(self, apply) -> Deferred:
         if not self.hold:
-            apply()
-            return succeed(None)
+            return succeed(apply())
         d: Deferred = Deferred()
         self.held.append((d, apply))
         return d
@@ -79,8 +81,7 @@ class MemoryLedgerStore:
     def release(self) -> None:
         held, self.held = self.held, []
         for d, apply in held:
-            apply()
-            d.callback(None)
+            d.callback(apply())
 
     def release_all(self) -> None:
         """
@@ -96,9 +97,12 @@ class MemoryLedgerStore:
 
     def insert(self, rows):
         def apply():
-            self.commits.append([attrs.evolve(r) for r in rows])
-            for row in rows:
+            refused = {r.key_id for r in rows} & self.revoked
+            stored = [r for r in rows if r.key_id not in refused]
+            self.commits.append([attrs.evolve(r) for r in stored])
+            for row in stored:
                 self.transactions[row.transaction_id] = attrs.evolve(row)
+            return refused
 
         return self._write(apply)
 

@@ -36,17 +36,23 @@ class Dialect:
 
     @ivar lock_rows: appended to a SELECT to lock the rows it reads until
         the transaction ends (SQLite has one writer at a time, so nothing).
+    @ivar share_rows: appended to a SELECT so that the rows it reads cannot
+        change until the transaction ends (a key's revocation waits for the
+        commit that checked it).
     @ivar try_block_lock: a statement whose single boolean result says
         whether this transaction may write a block, or C{None} where only
         one process can write anyway.
     """
 
     lock_rows: str = ""
+    share_rows: str = ""
     try_block_lock: str | None = None
 
 
 SQLITE = Dialect()
-POSTGRESQL = Dialect(" FOR UPDATE", f"SELECT pg_try_advisory_xact_lock({BLOCK_LOCK})")
+POSTGRESQL = Dialect(
+    " FOR UPDATE", " FOR SHARE", f"SELECT pg_try_advisory_xact_lock({BLOCK_LOCK})"
+)
 
 
 @attrs.frozen
@@ -119,15 +125,20 @@ def _lock_balances(
     return found
 
 
-def _revoked(txn, key_ids: set[int]) -> set[int]:
+def _revoked(txn, dialect: Dialect, key_ids: set[int]) -> set[int]:
+    """
+    Which of the keys are revoked; a revocation not seen here waits until
+    this transaction ends, so none is acknowledged after one committed.
+    """
     if not key_ids:
         return set()
     marks = ", ".join("?" * len(key_ids))
     txn.execute(
-        f"SELECT key_id FROM api_keys WHERE key_id IN ({marks}) AND revoked_at IS NOT NULL",
+        f"SELECT key_id, revoked_at FROM api_keys WHERE key_id IN ({marks}) ORDER BY key_id"
+        + dialect.share_rows,
         tuple(sorted(key_ids)),
     )
-    return {key_id for (key_id,) in txn.fetchall()}
+    return {key_id for key_id, revoked_at in txn.fetchall() if revoked_at is not None}
 
 
 def _find(txn, transaction_id: str) -> TransactionRow:
@@ -173,7 +184,7 @@ def accept_transfers(
         used again (they are remembered for 24 h).
     """
     balances = _lock_balances(txn, dialect, ((t.sender, t.token_id) for t in transfers))
-    revoked = _revoked(txn, {t.key_id for t in transfers})
+    revoked = _revoked(txn, dialect, {t.key_id for t in transfers})
     outcomes: list[Outcome] = []
     reserved: dict[tuple[str, str], int] = {}
     accepted: list[Transfer] = []

@@ -306,3 +306,116 @@ class TestRules:
         assert server.hub.replay(MTK_KEY, 0).count == 2
         send(session, {"type": "unsubscribe", "data": {"subscription_id": subscription_id}})
         assert server.hub.replay(MTK_KEY, 0).count == 0
+
+
+def transaction_subscriptions(session, connection, addresses):
+    """
+    Subscribe C{session} to transaction_updates of each address; return the
+    subscription ids.
+    """
+    ids = []
+    for address in addresses:
+        send(session, {"id": address, "type": "subscribe",
+                       "data": {"channel": "transaction_updates", "address": address}})
+        ids.append(connection.take()[0]["data"]["subscription_id"])
+    return ids
+
+
+def addresses(first, count):
+    return [f"0x{n:040x}" for n in range(first, first + count)]
+
+
+class TestDetachedPerKey:
+    def test_oldest_expire_first(self, clock):
+        """
+        Past max-detached-per-key, a key's oldest detached subscriptions
+        expire at once, in the order they were detached; its newest stay
+        resumable.
+        """
+        server = make_server(clock, max_detached_per_key=3)
+        ids = []
+        for batch in range(3):
+            session, connection = open_session(server)
+            ids += transaction_subscriptions(session, connection, addresses(batch * 2, 2))
+            session.connection_lost()
+            clock.advance(1)
+        assert server.subscriptions.detached_of(KEY.key_id) == 3
+        assert len(server.subscriptions) == 3
+        _, connection = reconnect(server, ids, None)
+        statuses = [e["status"] for e in connection.take()[0]["data"]["subscriptions"]]
+        assert statuses == ["expired"] * 3 + ["resumed"] * 3
+
+    def test_other_keys_untouched(self, clock):
+        """
+        One key passing its cap expires nothing of another key's.
+        """
+        server = make_server(clock, max_detached_per_key=2)
+        mine, connection = open_session(server, OTHER)
+        [kept] = transaction_subscriptions(mine, connection, addresses(100, 1))
+        mine.connection_lost()
+        session, connection = open_session(server)
+        transaction_subscriptions(session, connection, addresses(0, 5))
+        session.connection_lost()
+        assert server.subscriptions.detached_of(KEY.key_id) == 2
+        assert server.subscriptions.detached_of(OTHER.key_id) == 1
+        _, connection = reconnect(server, [kept], None, api_key=OTHER)
+        assert connection.take()[0]["data"]["subscriptions"][0]["status"] == "resumed"
+
+    def test_expired_ones_watch_nothing(self, clock):
+        """
+        A subscription expired by the cap no longer keeps its key's history.
+        """
+        server = make_server(clock, max_detached_per_key=1)
+        session, connection = open_session(server)
+        transaction_subscriptions(session, connection, addresses(0, 2))
+        session.connection_lost()
+        assert server.hub.heard(f"transaction_updates:{addresses(1, 1)[0]}")
+        assert not server.hub.heard(f"transaction_updates:{addresses(0, 1)[0]}")
+
+    def test_resumed_ones_do_not_count(self, clock):
+        """
+        Resuming takes subscriptions off the key's detached count.
+        """
+        server = make_server(clock, max_detached_per_key=2)
+        session, connection = open_session(server)
+        ids = transaction_subscriptions(session, connection, addresses(0, 2))
+        session.connection_lost()
+        reconnect(server, ids, None)
+        assert server.subscriptions.detached_of(KEY.key_id) == 0
+        assert server.subscriptions.detached_count == 0
+
+
+class TestSubscriptionLimit:
+    def test_surplus_not_resumed_and_still_resumable(self, clock):
+        """
+        A reconnect naming more resumable subscriptions than a connection
+        may hold resumes up to the limit and reports the rest not_resumed
+        with the reason; they stay detached, and another connection resumes
+        them. Unknown ids past the limit are still expired.
+        """
+        server = make_server(clock, max_subscriptions=2)
+        ids = []
+        for batch in range(2):
+            session, connection = open_session(server)
+            ids += transaction_subscriptions(session, connection, addresses(batch * 2, 2))
+            session.connection_lost()
+        _, connection = reconnect(server, [*ids, "sub_unknown"], None)
+        data = connection.take()[0]["data"]
+        assert [(e["status"], e.get("reason")) for e in data["subscriptions"]] == [
+            ("resumed", None), ("resumed", None),
+            ("not_resumed", "subscription_limit"), ("not_resumed", "subscription_limit"),
+            ("expired", None),
+        ]
+        assert data["recovered"] is False
+        assert server.subscriptions.detached_count == 2
+        _, connection = reconnect(server, ids[2:], None)
+        data = connection.take()[0]["data"]
+        assert [e["status"] for e in data["subscriptions"]] == ["resumed", "resumed"]
+
+    def test_repeated_id_reported_once(self, server):
+        old, _, subscription_id = subscribed(server)
+        old.connection_lost()
+        _, connection = reconnect(server, [subscription_id, subscription_id], None)
+        data = connection.take()[0]["data"]
+        assert [e["subscription_id"] for e in data["subscriptions"]] == [subscription_id]
+        assert data["recovered"] is True

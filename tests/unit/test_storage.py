@@ -223,3 +223,29 @@ class TestLedgerRows:
         found = run_blocking(engine, find_transaction, "0x" + "1" * 64)
         assert (found.status, found.block_number, found.confirmed_at) == ("confirmed", 1, 200.0)
         assert run_blocking(engine, find_transaction, "0x" + "9" * 64) is None
+
+    def test_revoked_keys_rows_left_out(self, engine):
+        """
+        Rows of a revoked key are not stored, in the same transaction as
+        the others', and the key's id is returned; rows of live keys are
+        stored.
+        """
+        from rustorium.storage.ledger import TransactionRow, find_transaction, insert_transactions
+
+        prepared = prepare_database(engine, None)
+        token = prepared.tokens[0].token_id
+        a, b = "0x" + "a" * 40, "0x" + "b" * 40
+        live = run_blocking(engine, insert_key, hash_key("rk_live"), "live", "t", [a])
+        doomed = run_blocking(engine, insert_key, hash_key("rk_doomed"), "doomed", "t", [a])
+        run_blocking(engine, revoke_key, doomed, "t")
+        rows = [
+            TransactionRow(1, "0x" + "1" * 64, a, b, token, 1, "pending", live, None, 1.0),
+            TransactionRow(2, "0x" + "2" * 64, a, b, token, 1, "pending", doomed, None, 1.0),
+            TransactionRow(3, "0x" + "3" * 64, a, b, token, 1, "pending", 99, None, 1.0),
+        ]
+        assert run_blocking(engine, insert_transactions, rows) == {doomed, 99}
+        assert run_blocking(engine, find_transaction, "0x" + "1" * 64) is not None
+        assert run_blocking(engine, find_transaction, "0x" + "2" * 64) is None
+        assert run_blocking(engine, find_transaction, "0x" + "3" * 64) is None
+        again = TransactionRow(4, "0x" + "4" * 64, a, b, token, 1, "pending", live, None, 1.0)
+        assert run_blocking(engine, insert_transactions, [again]) == set()
