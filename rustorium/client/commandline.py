@@ -174,7 +174,15 @@ def listen(reactor: Any, args: argparse.Namespace, stdout: TextIO, stderr: TextI
     """
 
     def update(message: dict) -> None:
-        _line(stdout, message)
+        if reader_left:
+            return
+        try:
+            _line(stdout, message)
+        except BrokenPipeError:
+            # The reader is gone (``listen ... | head``): end quietly, as
+            # Unix tools do, and let the shutdown close the connection.
+            reader_left.append(True)
+            client.stopService()
 
     def gap(subscription: Subscription, info: Gap) -> None:
         detail = f" ({info.lost_from} to {info.lost_to})" if info.lost_from else ""
@@ -185,6 +193,7 @@ def listen(reactor: Any, args: argparse.Namespace, stdout: TextIO, stderr: TextI
         _say(stderr, f"reconnected: recovered {orjson.dumps(data.get('recovered')).decode()}, "
                      f"{data.get('replayed')} updates replayed")
 
+    reader_left: list[bool] = []
     client = make_client(args.url, args.api_key, reactor=reactor, on_gap=gap,
                          on_reconnect=reconnected)
     client.startService()
@@ -228,6 +237,12 @@ def run(args: argparse.Namespace) -> int:
 
     def main(reactor: Any) -> Deferred:
         def leave(code: int) -> None:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                # What is left in the buffer has no reader: drop it rather
+                # than fail again at exit (Python's documented recipe).
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(code)
 
         return command(reactor, args, sys.stdout, sys.stderr).addCallback(leave)

@@ -151,6 +151,11 @@ class RustoriumClient(Service):
         self._was_stopped = True
         self._session.stop()
         protocol = self._protocol
+        if self._gave_up is not None:
+            # The connection is gone and the connector was stopped when the
+            # client gave up; this may run inside that very stop (from a
+            # when_stopped callback), which must not be reentered.
+            return succeed(None)
         if protocol is not None:
             closed: Deferred = Deferred()
             self._closing.append(closed)

@@ -391,3 +391,23 @@ def test_too_many_connections_retried(clock):
     first.stopService()
     network.advance(4)
     assert result_of(ready) is None
+
+
+def test_stop_after_giving_up(clock, logged_errors):
+    """
+    stopService is safe from a callback of when_stopped after the client
+    gave up: the connection is already gone, so it fires at once rather
+    than stopping the reconnecting machinery a second time from inside its
+    own stopping (which raised RuntimeError).
+    """
+    network = MemoryNetwork(clock)
+    client = started(network)
+    stops = []
+    client.when_stopped().addErrback(lambda failure: stops.append(client.stopService()))
+    for session in network.sessions():
+        session.close(CloseCode.KEY_REVOKED, "API key revoked")
+    network.advance(1)
+    (stop,) = stops
+    assert result_of(stop) is None
+    assert not client.running
+    logged_errors.clear()
