@@ -185,6 +185,21 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.parametrize("command", [["call", "ping"], ["listen", "market_data", "MTK/USD"]])
+def test_url_must_be_a_websocket_url(command):
+    """
+    An http:// URL is a usage error (exit status 2) saying what the URL
+    must be, in one line after the usage; it used to be a traceback.
+    """
+    url = "http://127.0.0.1:8765/v1"
+    result = rustorium(command[0], "--url", url, *command[1:], key="rk_x")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"rustorium {command[0]}: error: the URL must start with ws:// or wss://, "
+        f"such as ws://127.0.0.1:8765/v1 (got '{url}')")
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_listen_prints_json_lines(start_server, stop):
     """
