@@ -151,6 +151,18 @@ def test_call_without_reply_times_out(clock):
     assert "no reply" in run.stderr.getvalue()
 
 
+def test_call_without_a_ready_connection_times_out(clock):
+    """
+    While the server refuses handshakes it may outgrow (503: starting),
+    call keeps trying until --timeout, then says it got no connection, not
+    that the request went unanswered.
+    """
+    run = Run(clock, call, type="ping", data=None)
+    run.network.server.ready = False
+    assert run.until_done() == 1
+    assert run.stderr.getvalue() == f"rustorium: no connection to {URL} within 10 s\n"
+
+
 def test_listen_prints_updates(clock):
     """
     listen prints each update as one JSON line on standard output and
