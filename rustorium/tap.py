@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from . import tls
+from . import __version__, tls
 from .config import SETTINGS, ConfigError, Settings, load_toml
 from .genesis import GenesisError, load_genesis
 from .service import ListenError, RustoriumService
@@ -37,8 +37,9 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "Run the Rustorium WebSocket API server. Every option can also be set "
-        "in a TOML file given with --config (keys are the option names)."
+        f"Run the Rustorium WebSocket API server (rustorium {__version__}). Every "
+        "option can also be set in a TOML file given with --config (keys are the "
+        "option names)."
     )
     optParameters = [
         ["config", "c", None, "TOML file of settings (flags win over it)."],
@@ -51,6 +52,31 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self._failed = False
+
+    def parseOptions(self, options: Any = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            self._failed = True
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The options' help; after a usage error, one line pointing to it.
+        twistd prints this before the error's message (and it is 70-odd
+        lines), which would bury the message.
+        """
+        if self._failed:
+            return "Run 'twistd rustorium --help' for the options."
+        return super().getUsage(width)
+
+    def opt_version(self) -> None:
+        """
+        Print the version of rustorium and exit.
+        """
+        print(f"rustorium {__version__}")
+        sys.exit(0)
 
     def opt_listen(self, endpoint: str) -> None:
         """

@@ -63,6 +63,8 @@ class MemoryNetwork:
     @ivar attempts: the clock time of every connection attempt.
     @ivar refuse: when true, connection attempts fail as if nothing
         listened.
+    @ivar tls_error: when set, each connection is lost with it, as when
+        the TLS handshake fails, before any byte reaches the server.
     @ivar received: every message the server received, per connection in
         order, decoded.
     @ivar validate: check every message the client sends against
@@ -76,6 +78,7 @@ class MemoryNetwork:
         self.factory = RustoriumServerFactory(self.server, reactor=clock)
         self.attempts: list[float] = []
         self.refuse = False
+        self.tls_error: BaseException | None = None
         self.validate = True
         self.pumps: list[iosim.IOPump] = []
         self.server_protocols: list[Any] = []
@@ -91,6 +94,11 @@ class MemoryNetwork:
             return fail(ConnectionRefusedError("nothing listens (in memory)"))
         client_address = IPv4Address("TCP", "127.0.0.1", 40000 + len(self.attempts))
         client = factory.buildProtocol(SERVER_ADDRESS)
+        if self.tls_error is not None:
+            client.makeConnection(
+                iosim.FakeTransport(client, False, client_address, SERVER_ADDRESS))
+            self.clock.callLater(0, client.connectionLost, Failure(self.tls_error))
+            return succeed(client)
         server = self.factory.buildProtocol(client_address)
         log: list[dict] = []
         self.received.append(log)
