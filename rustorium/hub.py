@@ -95,9 +95,9 @@ class Update:
     @ivar conflatable: whether a newer update on the same key makes this one
         redundant (prices and volumes), so that a slow reader may be sent
         only the newest; transaction events are never conflated.
-    @ivar shared: whether it is retained in the histories of several keys
-        (an event published with L{IHub.publish_event}), so that a replay
-        merging those keys must send it once.
+    @ivar also: the other keys this same update was published on (a
+        transfer's event on its recipient's address too): a subscriber of
+        several of them gets it once.
     """
 
     number: int
@@ -106,7 +106,15 @@ class Update:
     frame: Any
     published_at: float
     conflatable: bool = True
-    shared: bool = False
+    also: tuple[str, ...] = ()
+
+    @property
+    def shared(self) -> bool:
+        """
+        Whether it is retained in the histories of several keys, so that a
+        replay merging those keys must send it once.
+        """
+        return bool(self.also)
 
 
 class IHub(Interface):
@@ -377,11 +385,11 @@ class LocalHub:
         """Called with the seconds each fan-out took (for metrics)."""
 
     def _update(self, key: str, body: dict, published_at: float, conflatable: bool,
-                shared: bool = False) -> Update:
+                also: tuple[str, ...] = ()) -> Update:
         number = self._ids.next()
         payload = orjson.dumps({"id": f"msg_{number}", "type": "update", "data": body})
         return Update(number, key, payload, self._prepare(payload), published_at, conflatable,
-                      shared)
+                      also)
 
     def _record(self, channel: str, key: str, data: dict, retain: bool, now: float,
                 timestamp: str) -> Update:
@@ -439,7 +447,8 @@ class LocalHub:
         now = self._clock.seconds()
         body = {"channel": channel, **data, "timestamp": isoformat(now)}
         histories = [h for h in map(self._histories.get, heard) if h is not None]
-        update = self._update(heard[0], body, now, False, len(histories) > 1)
+        update = self._update(heard[0], body, now, False,
+                              tuple(heard[1:]) if len(histories) > 1 else ())
         for history in histories:
             self._remember(history, update, now)
         if len(heard) == 1:
