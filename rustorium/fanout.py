@@ -76,7 +76,11 @@ class Fanout:
         Hand each update to every subscriber of its key; each subscriber
         gets what is theirs of the list in one write.
         """
-        heard = [u for u in updates if u.key in self._subscribers]
+        subscribers = self._subscribers
+        heard = [
+            u for u in updates
+            if u.key in subscribers or (u.also and any(k in subscribers for k in u.also))
+        ]
         if not heard:
             return
         if len(heard) == 1:
@@ -86,6 +90,9 @@ class Fanout:
         started = perf_counter()
         touched: list[ISink] = []
         for update in heard:
+            if update.also:
+                self._fan_out_once(update)
+                continue
             key = update.key
             sinks = self._sinks.get(key)
             if sinks is None:
@@ -106,6 +113,9 @@ class Fanout:
             self.on_fan_out(perf_counter() - started)
 
     def _fan_out(self, update: Update) -> None:
+        if update.also:
+            self._fan_out_once(update)
+            return
         key = update.key
         fanout = self._fanout.get(key)
         if fanout is None:
@@ -119,5 +129,32 @@ class Fanout:
             except Exception:
                 self.log.failure("Delivering {key} failed", key=key)
         self.deliveries[key.partition(":")[0]] += len(fanout)
+        if self.on_fan_out is not None:
+            self.on_fan_out(perf_counter() - started)
+
+    def _fan_out_once(self, update: Update) -> None:
+        """
+        Deliver an update of several keys (a transfer's event on both its
+        addresses) to every subscriber of any of them, once each. Only
+        such events come here, so single-key fan-out pays nothing for it.
+        """
+        started = perf_counter()
+        seen: set[Hashable] = set()
+        delivered = 0
+        for key in (update.key, *update.also):
+            subscribers = self._subscribers.get(key)
+            if not subscribers:
+                continue
+            # A copy: delivering may unsubscribe (a connection closing).
+            for subscriber, sink in tuple(subscribers.items()):
+                if subscriber in seen:
+                    continue
+                seen.add(subscriber)
+                try:
+                    sink.deliver(update)
+                except Exception:
+                    self.log.failure("Delivering {key} failed", key=key)
+                delivered += 1
+        self.deliveries[update.key.partition(":")[0]] += delivered
         if self.on_fan_out is not None:
             self.on_fan_out(perf_counter() - started)

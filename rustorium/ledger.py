@@ -22,6 +22,7 @@ the same parameters and an error for a repeat with different ones.
 
 import random
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -30,12 +31,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from .amounts import AmountError, format_units, parse_units
+from .amounts import format_units
 from .catalog import Catalog, Token
 from .errors import ErrorCode, RequestError
 from .groupcommit import GroupCommit
-from .hub import IHub, channel_key
-from .requests import TRANSACTION_UPDATES, ExecuteTransaction
+from .requests import ExecuteTransaction
 from .rolling import DAY, RollingWindow
 from .storage import Database
 from .storage.keys import ApiKey
@@ -47,6 +47,7 @@ from .storage.ledger import (
     write_block,
 )
 from .timestamps import isoformat
+from .transfers import known_token, validate_transfer
 
 PENDING = "pending"
 CONFIRMED = "confirmed"
@@ -144,7 +145,7 @@ class Ledger:
         self,
         catalog: Catalog,
         store: ILedgerStore,
-        hub: IHub,
+        announce: Callable[[list[TransactionRow]], None],
         clock: Any,
         snapshot: LedgerSnapshot,
         commit_batch: int = 1000,
@@ -152,7 +153,7 @@ class Ledger:
     ) -> None:
         self._catalog = catalog
         self._store = store
-        self._hub = hub
+        self._publish = announce
         self._clock = clock
         self._block_size = block_size
         self._confirmed: dict[tuple[str, str], int] = dict(snapshot.balances)
@@ -163,7 +164,7 @@ class Ledger:
         self._last_seq = snapshot.last_seq
         self.last_block = snapshot.last_block
         self._block_in_progress = False
-        self._announce: list[TransactionRow] = []
+        self._to_announce: list[TransactionRow] = []
         self._committer: GroupCommit[TransactionRow] = GroupCommit(store.insert, commit_batch)
         for row in snapshot.pending:
             self._reserve(row)
@@ -200,10 +201,7 @@ class Ledger:
         """
         @raise RequestError: C{not_found} for an unknown token.
         """
-        token = self._catalog.tokens.get(token_id)
-        if token is None:
-            raise RequestError(ErrorCode.NOT_FOUND, f"no token {token_id}")
-        return token
+        return known_token(self._catalog, token_id)
 
     def find(self, transaction_id: str) -> "Deferred[TransactionRow | None]":
         """
@@ -234,22 +232,7 @@ class Ledger:
 
         @raise RequestError: at once, for a request that is refused.
         """
-        token = self.token(request.token_id)
-        try:
-            amount = parse_units(request.amount, token.decimals)
-        except AmountError as e:
-            raise RequestError(ErrorCode.INVALID_PARAMS, f"execute_transaction: {e}") from None
-        if amount == 0:
-            raise RequestError(ErrorCode.INVALID_PARAMS,
-                               "execute_transaction: amount must be more than zero")
-        if request.sender == request.recipient:
-            raise RequestError(ErrorCode.INVALID_PARAMS,
-                               "execute_transaction: from and to are the same address")
-        if request.sender not in api_key.addresses:
-            raise RequestError(
-                ErrorCode.FORBIDDEN,
-                f"this API key may not send from {request.sender}",
-            )
+        token, amount = validate_transfer(self._catalog, api_key, request)
         parameters = (request.sender, request.recipient, request.token_id, amount)
         if request.idempotency_key is not None:
             repeat = self._repeat(api_key.key_id, request.idempotency_key, parameters)
@@ -328,9 +311,9 @@ class Ledger:
         self._pending.append(row)
         # Announce "pending" once the callers have answered, so a client
         # sees its transaction_response before updates about it.
-        if not self._announce:
+        if not self._to_announce:
             self._clock.callLater(0, self._announce_pending)
-        self._announce.append(row)
+        self._to_announce.append(row)
         if entry is not None:
             waiting, entry.waiting = entry.waiting, None
             for d in waiting:
@@ -372,9 +355,9 @@ class Ledger:
         return error
 
     def _announce_pending(self) -> None:
-        rows, self._announce = self._announce, []
-        for row in rows:
-            self._publish(row)
+        rows, self._to_announce = self._to_announce, []
+        if rows:
+            self._publish(rows)
 
     # Blocks
 
@@ -428,7 +411,7 @@ class Ledger:
             row.confirmed_at = now
             if status == CONFIRMED:
                 volume[row.token_id] = volume.get(row.token_id, 0) + row.amount
-            self._publish(row)
+        self._publish(batch)
         for token_id, amount in volume.items():
             self._volume[token_id].record(now, amount)
         self._forget_old_keys(now)
@@ -450,29 +433,6 @@ class Ledger:
                 old.append(key)
         for key in old:
             del self._idempotent[key]
-
-    def _publish(self, row: TransactionRow) -> None:
-        # One event on both addresses' keys: a connection that follows both
-        # (or that resumes both) receives it once, under one message id.
-        hub = self._hub
-        keys = (channel_key(TRANSACTION_UPDATES, row.sender),
-                channel_key(TRANSACTION_UPDATES, row.recipient))
-        if not (hub.heard(keys[0]) or hub.heard(keys[1])):
-            return
-        token = self._catalog.tokens[row.token_id]
-        data: dict[str, object] = {
-            "transaction_id": row.transaction_id,
-            "status": row.status,
-            "from": row.sender,
-            "to": row.recipient,
-            "amount": format_units(row.amount, token.decimals),
-            "token_id": row.token_id,
-        }
-        if row.block_number is not None:
-            data["block_number"] = row.block_number
-        if row.reason is not None:
-            data["reason"] = row.reason
-        hub.publish_event(TRANSACTION_UPDATES, keys, data)
 
 
 def describe_transaction(row: TransactionRow, token: Token) -> dict[str, object]:

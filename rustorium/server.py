@@ -5,20 +5,15 @@ knows about WebSocket.
 
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
-from . import __version__
 from .apikeys import KeyStore
-from .catalog import Catalog
-from .config import Settings
-from .hub import IHub
 from .ratelimit import KeyBuckets
-from .subscriptions import SubscriptionRegistry
 
 if TYPE_CHECKING:
-    from .ledger import Ledger
+    from .application import Application
     from .session import Session
 
 
@@ -94,26 +89,15 @@ class Server:
         connections and kept across reconnects.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        clock: Any,
-        hub: IHub,
-        catalog: Catalog,
-        keys: KeyStore,
-        ledger: "Ledger",
-    ) -> None:
-        self.settings = settings
-        self.clock = clock
-        self.hub = hub
-        self.catalog = catalog
+    def __init__(self, app: "Application", keys: KeyStore) -> None:
+        self.app = app
+        self.settings = settings = app.settings
+        self.clock = clock = app.clock
+        self.catalog = app.catalog
         self.keys = keys
-        self.ledger = ledger
-        self.subscriptions = SubscriptionRegistry(
-            hub, settings.resume_window, settings.max_detached_per_key
-        )
+        self.ledger = app.ledger
         self.sessions = SessionRegistry()
-        self.version = __version__
+        self.version = app.version
         self.ready = False
         self.counters = Counters()
         self.connections_per_key: Counter[int] = Counter()

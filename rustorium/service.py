@@ -28,28 +28,34 @@ from twisted.logger import Logger
 
 from . import tls
 from .apikeys import KeyStore, RevocationService
+from .application import Application
 from .bootstrap import (
     MESSAGE_ID_BLOCK,
     create_demo_key,
     prepare_database,
     reserve_message_ids,
 )
+from .broker.local import LocalBroker
 from .catalog import Catalog
 from .chain import ChainService
 from .closecodes import CloseCode
 from .config import Settings
+from .fanout import Fanout
 from .heartbeat import HeartbeatService
-from .hub import LocalHub, MessageIds
+from .hub import MessageIds
+from .leadership import SingletonService
 from .ledger import DatabaseLedgerStore, Ledger
 from .market import MarketService
 from .metrics import HealthPage, MetricsPage, make_registry
+from .nodes import NodeAnnouncer
 from .output import listening_reactor
 from .server import Server
 from .storage import Database, engine_from_url, run_blocking
 from .storage.lock import DatabaseLock, lock_database
-from .subscriptions import ExpiryService
+from .timestamps import isoformat
 from .web import WebSocketEndpoint, build_site
 from .websocket import RustoriumServerFactory, prepare_frame
+from .workers import default_node_name
 
 log = Logger()
 
@@ -119,6 +125,32 @@ def cannot_listen_message(error: CannotListenError) -> str:
     )
 
 
+def sources_lease(settings: Settings) -> float:
+    """
+    Seconds the node running the market and the blocks holds its lease:
+    two block intervals, so that when it dies another node takes over
+    within three (it renews four times per lease).
+    """
+    return max(2 * settings.block_interval, 2 * settings.tick_interval, 1.0)
+
+
+class BrokerService(Service):
+    """
+    Starts and stops the broker with the server.
+    """
+
+    def __init__(self, broker: Any) -> None:
+        self._broker = broker
+
+    def startService(self) -> Deferred:
+        super().startService()
+        return self._broker.start()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        return self._broker.stop()
+
+
 def _ping_database(txn: Any) -> None:
     txn.execute("SELECT 1")
     txn.fetchall()
@@ -183,25 +215,37 @@ class RustoriumService(MultiService):
             MESSAGE_ID_BLOCK,
             reserve=lambda ceiling: database.run(reserve_message_ids, ceiling),
         )
-        hub = LocalHub(
-            reactor, ids, prepare_frame,
+        self.node = node = settings.node_name or default_node_name()
+        broker = LocalBroker(
+            reactor, ids, node, prepare_frame,
             history_size=settings.history_size, history_age=settings.history_age,
+            resume_window=settings.resume_window,
+            max_detached_per_key=settings.max_detached_per_key,
         )
         catalog = Catalog(prepared.tokens)
         ledger = Ledger(
-            catalog, DatabaseLedgerStore(database), hub, reactor, prepared.ledger,
+            catalog, DatabaseLedgerStore(database),
+            lambda rows: app.announce_transactions(rows), reactor, prepared.ledger,
             commit_batch=settings.commit_batch,
         )
-        self.server = server = Server(
-            settings, reactor, hub, catalog, KeyStore(database), ledger
-        )
+        self.app = app = Application(settings, reactor, node, catalog, ledger, broker, Fanout())
+        self.server = server = Server(app, KeyStore(database))
+        app.on_lost = self._broker_lost
+        BrokerService(broker).setServiceParent(self)
 
+        sources = MultiService()
         MarketService(
-            catalog, hub, reactor, settings.tick_interval, settings.market_seed,
+            catalog, app.publish, reactor, settings.tick_interval, settings.market_seed,
             ledger.volume_24h,
-        ).setServiceParent(self)
-        ChainService(ledger, settings.block_interval, reactor).setServiceParent(self)
-        ExpiryService(server.subscriptions, hub, reactor).setServiceParent(self)
+        ).setServiceParent(sources)
+        ChainService(ledger, settings.block_interval, reactor).setServiceParent(sources)
+        sources = SingletonService(
+            "sources", node, broker, sources, sources_lease(settings), reactor
+        )
+        sources.setServiceParent(self)
+        self._started_at = reactor.seconds()
+        NodeAnnouncer(broker, self._describe_node, lambda: sources.leading, reactor
+                      ).setServiceParent(self)
         HeartbeatService(server, reactor, prepare_frame).setServiceParent(self)
         RevocationService(
             settings.key_check_interval, server.keys, lambda: list(server.sessions), reactor
@@ -240,6 +284,31 @@ class RustoriumService(MultiService):
                 certificates, reactor, settings.tls_reload_interval,
                 sighup=settings.tls_reload_signal,
             ).setServiceParent(self)
+
+    def _describe_node(self) -> dict:
+        """
+        This node as the cluster's registry lists it.
+        """
+        settings = self.settings
+        return {
+            "name": self.node,
+            "address": connect_url(settings.listen[0]) if settings.listen else "",
+            "version": self.app.version,
+            "started": isoformat(self._started_at),
+            "connections": len(self.server.sessions),
+        }
+
+    def _broker_lost(self, reason: str) -> None:
+        """
+        This node may have missed updates (its link to the broker dropped):
+        close every connection with a reconnect code, so that each client
+        resumes by replay, here once the link is back or on another node.
+        """
+        sessions = list(self.server.sessions)
+        log.warn("Lost the broker ({reason}): closing {count} connections so they resume",
+                 reason=reason, count=len(sessions))
+        for session in sessions:
+            session.close(CloseCode.BROKER_LOST, "this node lost the cluster's broker; reconnect")
 
     def websocket_resource(self) -> WebSocketResource:
         """

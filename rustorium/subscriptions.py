@@ -27,6 +27,7 @@ def new_subscription_id() -> str:
 
 
 if TYPE_CHECKING:
+    from .broker.interface import SubscriptionRecord
     from .session import Session
 
 
@@ -54,6 +55,14 @@ class Subscription:
     since: int = 0
     session: "Session | None" = None
     detached_at: float | None = None
+
+    @classmethod
+    def from_record(cls, record: "SubscriptionRecord") -> "Subscription":
+        """
+        A subscription as the broker keeps it, to attach here.
+        """
+        return cls(record.subscription_id, record.channel, record.topics, record.keys,
+                   owner=record.owner, since=record.since)
 
     def describe(self) -> dict[str, object]:
         """

@@ -20,7 +20,7 @@ from rustorium.heartbeat import HeartbeatService
 from rustorium.hub import channel_key
 from rustorium.websocket import RustoriumServerFactory, prepare_frame
 from tests.asyncapi import validate_client_message
-from tests.helpers import KEY, make_server
+from tests.helpers import KEY, make_server, publish
 
 API_KEY = "rk_client_tests"
 URL = "ws://127.0.0.1:8765/v1"
@@ -149,8 +149,8 @@ class MemoryNetwork:
         """
         Publish a market_data update as the market service would.
         """
-        return self.server.hub.publish(
-            "market_data", channel_key("market_data", symbol),
+        return publish(
+            self.server, "market_data", channel_key("market_data", symbol),
             {"symbol": symbol, "price": price, "change_24h": "0", "volume_24h": "0"},
         )
 

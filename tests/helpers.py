@@ -9,10 +9,14 @@ import orjson
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
+from rustorium.application import Application
+from rustorium.broker.interface import Publication
+from rustorium.broker.local import LocalBroker
 from rustorium.catalog import Catalog
 from rustorium.config import Settings
+from rustorium.fanout import Fanout
 from rustorium.genesis import demo_genesis
-from rustorium.hub import ISink, LocalHub, MessageIds, Update
+from rustorium.hub import ISink, MessageIds, Update
 from rustorium.ledger import ILedgerStore, Ledger
 from rustorium.server import Server
 from rustorium.session import IConnection, Session
@@ -149,12 +153,17 @@ def make_server(
     """
     config = Settings(**settings)
     ids = MessageIds(1, 10**9, 10**6)
-    hub = LocalHub(clock, ids, prepare or (lambda payload: payload),
-                   history_size=config.history_size, history_age=config.history_age)
+    broker = LocalBroker(clock, ids, "test-node", prepare or (lambda payload: payload),
+                         history_size=config.history_size, history_age=config.history_age,
+                         resume_window=config.resume_window,
+                         max_detached_per_key=config.max_detached_per_key)
+    broker.start()
     catalog = demo_catalog()
-    ledger = Ledger(catalog, store or MemoryLedgerStore(), hub, clock, genesis_snapshot(),
+    ledger = Ledger(catalog, store or MemoryLedgerStore(),
+                    lambda rows: app.announce_transactions(rows), clock, genesis_snapshot(),
                     commit_batch=config.commit_batch)
-    server = Server(config, clock, hub, catalog, FakeKeyStore(), ledger)
+    app = Application(config, clock, "test-node", catalog, ledger, broker, Fanout())
+    server = Server(app, FakeKeyStore())
     server.ready = True
     return server
 
@@ -216,3 +225,11 @@ def send(session: Session, message: Any) -> None:
     """
     payload = message if isinstance(message, bytes) else orjson.dumps(message)
     session.message_received(payload, False)
+
+
+def publish(server: Server, channel: str, key: str, data: dict, retain: bool = True) -> Update:
+    """
+    Publish one update through the server's broker; return it.
+    """
+    (update,) = server.app.broker.publish([Publication(channel, key, data, retain)]).result
+    return update

@@ -44,12 +44,16 @@ class Publication:
     @ivar retain: keep it as the key's latest value for snapshots (prices
         and volumes are state; transaction events are not). Retained
         updates are also conflatable for slow readers.
+    @ivar also: the other keys the same update belongs to (a transfer's
+        event on its recipient's address too): one number, kept in each
+        key's history, delivered once to a subscriber of several.
     """
 
     channel: str
     key: str
     data: dict
     retain: bool = True
+    also: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -108,30 +108,38 @@ class LocalBroker:
 
     # Updates
 
-    def _heard(self, key: str) -> bool:
+    def heard(self, key: str) -> bool:
+        """
+        Whether an event on C{key} could reach anyone: a subscription
+        watches it or this node listens to it.
+        """
         return key in self._listened or key in self._histories
 
-    def _number(self, key: str, body: dict, published_at: float, retained: bool) -> Update:
+    def _number(
+        self, key: str, body: dict, published_at: float, retained: bool,
+        also: tuple[str, ...] = (),
+    ) -> Update:
         number = self._ids.next()
         payload = orjson.dumps({"id": f"msg_{number}", "type": "update", "data": body})
-        return Update(number, key, payload, self._prepare(payload), published_at, retained)
+        return Update(number, key, payload, self._prepare(payload), published_at, retained, also)
 
     def publish(self, items: list[Publication]) -> Deferred:
         now = self._clock.seconds()
         timestamp = isoformat(now)
         results: list[Update | None] = []
         for item in items:
-            key = item.key
-            if not item.retain and not self._heard(key):
+            keys = (item.key, *item.also)
+            if not item.retain and not any(map(self.heard, keys)):
                 results.append(None)
                 continue
             body = {"channel": item.channel, **item.data, "timestamp": timestamp}
-            update = self._number(key, body, now, item.retain)
+            update = self._number(item.key, body, now, item.retain, item.also)
             if item.retain:
-                self._latest[key] = (body, now)
-            history = self._histories.get(key)
-            if history is not None:
-                history.append(update, self._history_size, now - self._history_age)
+                self._latest[item.key] = (body, now)
+            for key in keys:
+                history = self._histories.get(key)
+                if history is not None:
+                    history.append(update, self._history_size, now - self._history_age)
             results.append(update)
         published = [u for u in results if u is not None]
         if published:
@@ -206,6 +214,10 @@ class LocalBroker:
             forgotten.append(oldest)
         return succeed(forgotten)
 
+    def find_subscription(self, subscription_id: str, owner: int) -> Deferred:
+        kept = self._registry.get(subscription_id)
+        return succeed(kept.record if kept is not None and kept.record.owner == owner else None)
+
     def claim_subscription(self, subscription_id: str, owner: int, node: str) -> Deferred:
         kept = self._registry.get(subscription_id)
         if kept is None or kept.record.owner != owner:
@@ -260,6 +272,12 @@ class LocalBroker:
     @property
     def detached_count(self) -> int:
         return sum(len(d) for d in self._detached.values())
+
+    def detached_of(self, owner: int) -> int:
+        """
+        How many detached subscriptions the API key C{owner} has.
+        """
+        return len(self._detached.get(owner, ()))
 
     # Nodes, control messages, leases: one node, nobody to share with.
 

@@ -101,7 +101,7 @@ def test_commands_and_updates(clock):
     d = client.unsubscribe(subscription)
     network.flush()
     assert result_of(d)["status"] == "unsubscribed"
-    assert network.sessions()[0]._subscriptions == {}
+    assert network.sessions()[0].feed.subscriptions == {}
 
 
 def test_key_sent_as_bearer_header(clock):
@@ -365,8 +365,8 @@ def test_expired_subscription_renewed(clock):
     drop(client, network)
     network.publish_price(price="2")
     network.advance(400, step=1)
-    # What the server's expiry timer does every second.
-    assert network.server.subscriptions.expire(clock.seconds()) == 1
+    # The broker's expiry sweep, every second, has forgotten it.
+    assert network.server.app.broker.subscription_count == 0
     network.refuse = False
     network.advance(30, step=1)
     result_of(client.when_ready())

@@ -10,7 +10,7 @@ from rustorium.hub import channel_key
 from rustorium.requests import Ping
 from rustorium.session import SessionState
 from rustorium.storage.keys import ApiKey
-from tests.helpers import ALICE, MTK, STK, make_server, open_session, send
+from tests.helpers import ALICE, MTK, STK, make_server, open_session, publish, send
 
 OTHER_KEY = ApiKey(2, "other", frozenset(), "2026-01-01T00:00:00.000000Z")
 
@@ -30,10 +30,10 @@ def publish_ticks(server):
     Publish one market and one token update per demo market, as a tick does.
     """
     for market in server.catalog.markets.values():
-        server.hub.publish("market_data", channel_key("market_data", market.symbol),
+        publish(server, "market_data", channel_key("market_data", market.symbol),
                            {"symbol": market.symbol, "price": "1"})
         token_id = market.token.token_id
-        server.hub.publish("token_updates", channel_key("token_updates", token_id),
+        publish(server, "token_updates", channel_key("token_updates", token_id),
                            {"token_id": token_id, "price": "1", "volume": "0"})
 
 
@@ -252,7 +252,7 @@ class TestUnsubscribe:
         ]
         publish_ticks(server)
         assert connection.take() == []
-        assert server.hub.subscriber_count(channel_key("market_data", "MTK/USD")) == 0
+        assert server.app.fanout.subscriber_count(channel_key("market_data", "MTK/USD")) == 0
 
     def test_unknown(self, session):
         """
@@ -619,7 +619,7 @@ class TestStates:
         publish_ticks(server)
         send(session, {"type": "ping"})
         assert connection.take() == []
-        assert server.hub.subscriber_count(channel_key("market_data", "MTK/USD")) == 0
+        assert server.app.fanout.subscriber_count(channel_key("market_data", "MTK/USD")) == 0
         assert len(server.sessions) == 0
 
     def test_close(self, server, session):

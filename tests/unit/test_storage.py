@@ -200,6 +200,7 @@ class TestLedgerRows:
         )
 
         prepared = prepare_database(engine, None)
+        run_blocking(engine, create_demo_key)  # key 1, as the service makes it once listening
         token = prepared.tokens[0].token_id
         a, b = "0x" + "a" * 40, "0x" + "b" * 40
         huge = 10**24 + 1
