@@ -95,9 +95,9 @@ class Update:
     @ivar conflatable: whether a newer update on the same key makes this one
         redundant (prices and volumes), so that a slow reader may be sent
         only the newest; transaction events are never conflated.
-    @ivar shared: whether it is retained in the histories of several keys
-        (an event published with L{IHub.publish_event}), so that a replay
-        merging those keys must send it once.
+    @ivar also: the other keys this same update was published on (a
+        transfer's event on its recipient's address too): a subscriber of
+        several of them gets it once.
     """
 
     number: int
@@ -106,7 +106,15 @@ class Update:
     frame: Any
     published_at: float
     conflatable: bool = True
-    shared: bool = False
+    also: tuple[str, ...] = ()
+
+    @property
+    def shared(self) -> bool:
+        """
+        Whether it belongs to several keys (see C{also}), so that a replay
+        merging those keys must send it once.
+        """
+        return bool(self.also)
 
 
 class IHub(Interface):
