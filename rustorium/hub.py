@@ -111,8 +111,8 @@ class Update:
     @property
     def shared(self) -> bool:
         """
-        Whether it belongs to several keys (see C{also}), so that a replay
-        merging those keys must send it once.
+        Whether it is retained in the histories of several keys, so that a
+        replay merging those keys must send it once.
         """
         return bool(self.also)
 
@@ -385,11 +385,11 @@ class LocalHub:
         """Called with the seconds each fan-out took (for metrics)."""
 
     def _update(self, key: str, body: dict, published_at: float, conflatable: bool,
-                shared: bool = False) -> Update:
+                also: tuple[str, ...] = ()) -> Update:
         number = self._ids.next()
         payload = orjson.dumps({"id": f"msg_{number}", "type": "update", "data": body})
         return Update(number, key, payload, self._prepare(payload), published_at, conflatable,
-                      shared)
+                      also)
 
     def _record(self, channel: str, key: str, data: dict, retain: bool, now: float,
                 timestamp: str) -> Update:
@@ -447,7 +447,8 @@ class LocalHub:
         now = self._clock.seconds()
         body = {"channel": channel, **data, "timestamp": isoformat(now)}
         histories = [h for h in map(self._histories.get, heard) if h is not None]
-        update = self._update(heard[0], body, now, False, len(histories) > 1)
+        update = self._update(heard[0], body, now, False,
+                              tuple(heard[1:]) if len(histories) > 1 else ())
         for history in histories:
             self._remember(history, update, now)
         if len(heard) == 1:
