@@ -45,8 +45,15 @@ class Publication:
         and volumes are state; transaction events are not). Retained
         updates are also conflatable for slow readers.
     @ivar also: the other keys the same update belongs to (a transfer's
-        event on its recipient's address too): one number, kept in each
-        key's history, delivered once to a subscriber of several.
+        event concerns its sender's address, C{key}, and its recipient's).
+        It is numbered once, kept in the history of every one of its keys
+        and delivered to the listeners of each, and its L{Update} carries
+        them all (L{Update.also}), so that a connection watching several of
+        them gets it once, live and replayed. Only events (not retained)
+        may have other keys: a key's latest value is its own. Repeats, and
+        C{key} itself, are dropped (a transfer to oneself has one key).
+
+    @raise ValueError: a retained publication with other keys.
     """
 
     channel: str
@@ -54,6 +61,26 @@ class Publication:
     data: dict
     retain: bool = True
     also: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        also = self.also
+        if not also:
+            return
+        if self.retain:
+            raise ValueError(
+                f"a retained update belongs to one key: {self.key!r} cannot also be "
+                f"published on {list(also)!r}"
+            )
+        key = self.key
+        # Frozen: attrs' documented way to normalise in the initialiser.
+        object.__setattr__(self, "also", tuple(k for k in dict.fromkeys(also) if k != key))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """
+        All of its keys: C{key} first, then C{also}.
+        """
+        return (self.key, *self.also)
 
 
 @attrs.frozen
@@ -81,7 +108,10 @@ class ReplayResult:
     The retained updates of some keys after a starting number for each.
 
     @ivar updates: per key, its retained updates numbered above its start,
-        oldest first.
+        oldest first. An update of several keys (L{Publication.also}) is in
+        the list of each of them that was asked for, equal in each (its
+        C{key} is the one it was published on, its C{also} the others), so
+        that merging the lists can keep one per number.
     @ivar lost: per key, the (first, last) message numbers within which
         updates of the key may be missing from C{updates} (evicted by size
         or age, or lost with the broker's data), or C{None} when nothing
@@ -168,6 +198,11 @@ class IBroker(Interface):
         call, so a node can write it to each connection at once. The
         updates are framed once for all connections (the broker's
         C{prepare}).
+
+        An update of several keys comes once, however many of them this
+        node listens to, with all of its keys: its C{key} is the one it was
+        published on (which this node may not listen to) and its C{also}
+        the others. It is for the subscribers of any of them, once each.
         """
     )
 
@@ -216,7 +251,10 @@ class IBroker(Interface):
         Number, store and deliver a batch of updates, atomically: each
         takes the next number of the cluster-wide sequence, goes into its
         key's history (and its latest value, when retained), and reaches
-        every node listening to its key; one batch is one round trip.
+        every node listening to its key; one batch is one round trip. An
+        update of several keys (L{Publication.also}) takes one number, goes
+        into the history of each of its keys and reaches every node
+        listening to any of them, once.
 
         Fires with the updates in the order given (C{None} for an event the
         in-process broker dropped because nobody could receive it). The
@@ -289,6 +327,17 @@ class IBroker(Interface):
         unless it exists and belongs to C{owner}. One still attached
         elsewhere is taken all the same (its connection is dead but not yet
         noticed); the claim says where.
+        """
+
+    def find_subscription(
+        subscription_id: str, owner: int
+    ) -> Deferred[SubscriptionRecord | None]:
+        """
+        The subscription's record if it exists and belongs to C{owner},
+        attached (to any node) or detached; C{None} otherwise. It is left
+        as it is: not claimed, and its resume window not extended (a
+        reconnect naming more subscriptions than it may resume reports the
+        rest as not resumed, and they stay resumable).
         """
 
     def remove_subscription(subscription_id: str) -> Deferred[bool]:

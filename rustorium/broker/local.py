@@ -9,8 +9,8 @@ this node's connections within the call, through C{on_updates}.
 
 Message numbers continue above a ceiling stored durably in the database
 (L{rustorium.hub.MessageIds}); history is kept only for keys that some
-subscription, attached or resumable, watches, and an event on a key that
-nobody watches or listens to is dropped before it is numbered or encoded.
+subscription, attached or resumable, watches, and an event none of whose keys anybody watches or
+listens to is dropped before it is numbered or encoded.
 """
 
 import secrets
@@ -115,31 +115,37 @@ class LocalBroker:
         """
         return key in self._listened or key in self._histories
 
-    def _number(
-        self, key: str, body: dict, published_at: float, retained: bool,
-        also: tuple[str, ...] = (),
-    ) -> Update:
+    def _number(self, key: str, body: dict, published_at: float, retained: bool,
+                also: tuple[str, ...] = ()) -> Update:
         number = self._ids.next()
         payload = orjson.dumps({"id": f"msg_{number}", "type": "update", "data": body})
-        return Update(number, key, payload, self._prepare(payload), published_at, retained, also)
+        return Update(number, key, payload, self._prepare(payload), published_at, retained,
+                      also)
 
     def publish(self, items: list[Publication]) -> Deferred:
         now = self._clock.seconds()
         timestamp = isoformat(now)
+        oldest = now - self._history_age
         results: list[Update | None] = []
         for item in items:
-            keys = (item.key, *item.also)
-            if not item.retain and not any(map(self.heard, keys)):
+            key = item.key
+            also = item.also
+            if not item.retain and not any(map(self.heard, item.keys)):
                 results.append(None)
                 continue
             body = {"channel": item.channel, **item.data, "timestamp": timestamp}
-            update = self._number(item.key, body, now, item.retain, item.also)
+            update = self._number(key, body, now, item.retain, also)
             if item.retain:
-                self._latest[item.key] = (body, now)
-            for key in keys:
-                history = self._histories.get(key)
+                self._latest[key] = (body, now)
+            history = self._histories.get(key)
+            if history is not None:
+                history.append(update, self._history_size, oldest)
+            for other in also:
+                # The same object in each history: a merged replay of
+                # several of them keeps one per number.
+                history = self._histories.get(other)
                 if history is not None:
-                    history.append(update, self._history_size, now - self._history_age)
+                    history.append(update, self._history_size, oldest)
             results.append(update)
         published = [u for u in results if u is not None]
         if published:
@@ -214,10 +220,6 @@ class LocalBroker:
             forgotten.append(oldest)
         return succeed(forgotten)
 
-    def find_subscription(self, subscription_id: str, owner: int) -> Deferred:
-        kept = self._registry.get(subscription_id)
-        return succeed(kept.record if kept is not None and kept.record.owner == owner else None)
-
     def claim_subscription(self, subscription_id: str, owner: int, node: str) -> Deferred:
         kept = self._registry.get(subscription_id)
         if kept is None or kept.record.owner != owner:
@@ -227,6 +229,12 @@ class LocalBroker:
             kept.detached_at = None
             self._detached[owner].pop(subscription_id, None)
         return succeed(Claim(kept.record, attached_to))
+
+    def find_subscription(self, subscription_id: str, owner: int) -> Deferred:
+        kept = self._registry.get(subscription_id)
+        if kept is None or kept.record.owner != owner:
+            return succeed(None)
+        return succeed(kept.record)
 
     def remove_subscription(self, subscription_id: str) -> Deferred:
         return succeed(self._forget(subscription_id))

@@ -1,4 +1,4 @@
-"""
+r"""
 The Redis broker: the nodes of a cluster share one Redis.
 
 Key layout (every name starts with the prefix, C{rustorium:} by default):
@@ -10,9 +10,11 @@ Key layout (every name starts with the prefix, C{rustorium:} by default):
                           it predates the epoch), run (the Redis run id)
     history:<key>         stream of the key's updates, entry id <n>-0,
                           fields p (payload), v (the key's previous number),
-                          r (retained), t (publication time); trimmed to
-                          history-size entries, gone after history-age of
-                          silence
+                          r (retained), t (publication time), and for an
+                          update of several keys k (all its keys, a JSON
+                          array, the one it was published on first);
+                          trimmed to history-size entries, gone after
+                          history-age of silence
     top:<key>             the key's last number; outlives its history (a
                           day), so a replay can tell a quiet key from one
                           whose history expired
@@ -27,8 +29,13 @@ Key layout (every name starts with the prefix, C{rustorium:} by default):
     nodes, node:<name>    registry: names by expiry; each announcement
     lease:<name>          the holder of a lease
 
-Pub/sub channels: C{updates:<key>} (C{"<n> <time> <retained> <payload>"}),
-C{control:<node>} (JSON), C{epoch} (a new epoch's id).
+Pub/sub channels: C{updates:<key>}, C{control:<node>} (JSON), C{epoch} (a
+new epoch's id). An update of one key is C{"<n> <time> <r> <payload>"}
+(C{r}: 1 retained, 0 not); an event of several keys (L{Publication.also})
+is C{"<n> <time> m <keys>\n<payload>"}, C{keys} as in its history's C{k}
+(JSON holds no raw newline). It is sent on each of its keys' channels back
+to back: a node listening to several of them keeps the first copy and
+drops the adjacent repeats.
 
 Every numbering happens inside one Lua script with the storing and the
 PUBLISH (publish.lua, current_state.lua), so numbers are issued, stored and
@@ -223,6 +230,7 @@ class _Batch:
                 None,
                 self.published_at,
                 item.retain,
+                item.also,
             )
             for number, item, body in zip(
                 range(self.first, self.first + len(self.items)), self.items, self.bodies,
@@ -348,6 +356,7 @@ class RedisBroker:
         self._listens: dict[str, _Listen] = {}
         self._channels: dict[bytes, str] = {}
         self._received: list[Update] = []
+        self._last_shared = 0
         self._reserving = _Shared()
         self._demand = 0
         self._publishing: GroupCommit[_Batch] = GroupCommit(self._publish, PUBLISH_GROUP)
@@ -514,12 +523,16 @@ class RedisBroker:
         if key is not None:
             try:
                 number, at, retained, payload = data.split(b" ", 3)
-                update = Update(int(number), key, payload, self._prepare(payload), float(at),
-                                retained == b"1")
+                if retained == b"m":
+                    update = self._shared_update(int(number), float(at), payload)
+                else:
+                    update = Update(int(number), key, payload, self._prepare(payload),
+                                    float(at), retained == b"1")
             except Exception:
                 self.log.failure("Ignored a malformed update on {channel!r}", channel=channel)
                 return
-            self._received.append(update)
+            if update is not None:
+                self._received.append(update)
         elif channel == self._control_channel:
             try:
                 message = orjson.loads(data)
@@ -529,6 +542,20 @@ class RedisBroker:
             self._call(self.on_control, message)
         elif channel == self._epoch_channel:
             self._set_epoch(data.decode())
+
+    def _shared_update(self, number: int, at: float, rest: bytes) -> Update | None:
+        r"""
+        An update of several keys (C{"<keys>\n<payload>"} follows its
+        number and time), or C{None} for a repeat of the one just received:
+        published on each of its keys' channels back to back, it arrives
+        once per key this node listens to, the copies adjacent.
+        """
+        if number == self._last_shared:
+            return None
+        self._last_shared = number
+        keys, payload = rest.split(b"\n", 1)
+        key, *also = orjson.loads(keys)
+        return Update(number, key, payload, self._prepare(payload), at, False, tuple(also))
 
     def received(self) -> None:
         """
@@ -724,13 +751,23 @@ class RedisBroker:
         script_keys = [keys.counter, keys.ceiling, keys.epoch]
         args: list[Any] = [
             self._history_size, _ms(self._history_age), _ms(max(TOP_AGE, self._resume_window)),
+            sum(len(batch.items) for batch in batches),
         ]
         for batch in batches:
             at = repr(batch.published_at)
             for item, body in zip(batch.items, batch.bodies, strict=True):
                 key = item.key
-                script_keys += [keys.history(key), keys.top(key), keys.latest(key)]
-                args += [keys.updates(key), b"1" if item.retain else b"0", body, at]
+                if not item.also:
+                    script_keys += [keys.latest(key), keys.history(key), keys.top(key)]
+                    args += [1, b"1" if item.retain else b"0", body, at, b"",
+                             keys.updates(key)]
+                    continue
+                every = item.keys
+                script_keys.append(keys.latest(key))
+                for one in every:
+                    script_keys += [keys.history(one), keys.top(one)]
+                args += [len(every), b"0", body, at, orjson.dumps(every)]
+                args += [keys.updates(one) for one in every]
 
         def numbered(reply: list) -> None:
             number = int(reply[2])
@@ -791,6 +828,15 @@ class RedisBroker:
             key_updates = []
             for entry_id, fields in entries:
                 payload = fields[1]
+                if len(fields) > 8:
+                    # An update of several keys: the same in each one's
+                    # replay, so that a merged replay can keep one.
+                    first, *also = orjson.loads(fields[9])
+                    key_updates.append(
+                        Update(int(entry_id[:-2]), first, payload, prepare(payload),
+                               float(fields[7]), False, tuple(also))
+                    )
+                    continue
                 key_updates.append(
                     Update(int(entry_id[:-2]), key, payload, prepare(payload), float(fields[7]),
                            fields[5] == b"1")
@@ -841,6 +887,22 @@ class RedisBroker:
             CLAIM, [keys.subscription(subscription_id)],
             [keys.prefix, subscription_id, owner, node],
         ).addCallback(claimed)
+
+    def find_subscription(self, subscription_id: str, owner: int) -> Deferred:
+        def found(fields: list) -> SubscriptionRecord | None:
+            stored_owner, channel, topics, record_keys, since = fields
+            if stored_owner is None or int(stored_owner) != owner:
+                return None
+            return SubscriptionRecord(
+                subscription_id, owner, channel.decode(), tuple(orjson.loads(topics)),
+                tuple(orjson.loads(record_keys)), int(since),
+            )
+
+        # A plain read: no script, and the record's expiry is left alone.
+        return self._commands.execute(
+            "HMGET", self.keys.subscription(subscription_id),
+            "owner", "channel", "topics", "keys", "since",
+        ).addCallback(found)
 
     def remove_subscription(self, subscription_id: str) -> Deferred:
         keys = self.keys

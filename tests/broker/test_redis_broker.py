@@ -35,6 +35,7 @@ from ..redis_server import RedisServer, free_port
 MTK = channel_key("market_data", "MTK/USD")
 ETH = channel_key("market_data", "ETH/USD")
 ADDRESS = channel_key("transaction_updates", "0xabc")
+RECIPIENT = channel_key("transaction_updates", "0xdef")
 KEYS = Keys()
 
 
@@ -175,6 +176,14 @@ def sleep(seconds: float) -> Deferred:
 
 def tick(key: str, price: str, retain: bool = True) -> Publication:
     return Publication(key.partition(":")[0], key, {"price": price}, retain)
+
+
+def transfer(status: str, also: tuple[str, ...] = (RECIPIENT,)) -> Publication:
+    """
+    A transfer's event: its sender's (C{ADDRESS}) and its recipient's.
+    """
+    return Publication("transaction_updates", ADDRESS, {"status": status}, retain=False,
+                       also=also)
 
 
 @inlineCallbacks
@@ -377,6 +386,62 @@ def test_listening_is_counted(nodes):
     assert [u.key for u in listener.updates] == [MTK, ETH]
 
 
+@pytest_twisted.inlineCallbacks
+def test_an_event_of_several_keys_reaches_each_node_once(nodes):
+    """
+    One number for a transfer's event; a node listening to both addresses
+    receives it once, between its neighbours, and so does a node listening
+    to the recipient alone: each with both keys.
+    """
+    publisher = yield nodes("node-1")
+    both = yield nodes("node-2")
+    recipient = yield nodes("node-3")
+    for key in (MTK, ADDRESS, RECIPIENT):
+        yield both.broker.listen(key)
+    yield recipient.broker.listen(RECIPIENT)
+    published = yield publisher.broker.publish(
+        [tick(MTK, "1"), transfer("pending"), tick(MTK, "2"), transfer("own", also=())]
+    )
+    first, event = published[:2]
+    assert [u.number for u in published] == list(range(first.number, first.number + 4))
+    assert (event.key, event.also, event.conflatable) == (ADDRESS, (RECIPIENT,), False)
+    yield wait_until(lambda: len(both.updates) == 4 and len(recipient.updates) == 1)
+    yield sleep(0.1)
+    assert [u.number for u in both.updates] == [u.number for u in published]
+    received = both.updates[1]
+    assert (received.key, received.also, received.conflatable) == (ADDRESS, (RECIPIENT,), False)
+    assert received.payload == event.payload
+    assert received.frame == ("frame", event.payload)
+    assert received.published_at == pytest.approx(event.published_at)
+    assert both.updates[3].also == ()
+    (heard,) = recipient.updates
+    assert (heard.number, heard.key, heard.also) == (event.number, ADDRESS, (RECIPIENT,))
+    assert heard.payload == event.payload
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_copies_of_an_event_are_merged_across_reads(nodes):
+    """
+    The copies of an event of several keys are adjacent but may be split
+    between two reads of the subscriber connection: the second is still
+    a repeat.
+    """
+    node = yield nodes()
+    broker = node.broker
+    yield broker.listen(ADDRESS)
+    yield broker.listen(RECIPIENT)
+    keys = orjson.dumps([ADDRESS, RECIPIENT])
+    message = b'7 1.5 m %s\n{"id":"msg_7"}' % keys
+    broker.message(KEYS.updates(ADDRESS).encode(), message)
+    broker.received()
+    broker.message(KEYS.updates(RECIPIENT).encode(), message)
+    broker.message(KEYS.updates(RECIPIENT).encode(), b'8 1.5 0 {"id":"msg_8"}')
+    broker.received()
+    assert [[(u.number, u.key, u.also) for u in batch] for batch in node.batches] == [
+        [(7, ADDRESS, (RECIPIENT,))], [(8, RECIPIENT, ())],
+    ]
+
+
 # History and replay.
 
 
@@ -468,6 +533,42 @@ def test_history_expires_after_silence_but_the_top_stays(nodes, raw):
     assert result.lost[MTK] == (update.number, update.number)
     result = yield node.broker.replay({MTK: update.number})
     assert result.lost[MTK] is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_event_of_several_keys_is_in_each_history(nodes, raw):
+    """
+    Each key's replay holds the event with all its keys, so that a merged
+    replay keeps one per number; each key's history links it to that
+    key's own previous update, so losses are told per key.
+    """
+    node = yield nodes(history_size=1)
+    (before,) = yield node.broker.publish([transfer("before", also=())])
+    (event,) = yield node.broker.publish([transfer("pending")])
+    start = event.number - 1
+    result = yield node.broker.replay({ADDRESS: start, RECIPIENT: start})
+    for key in (ADDRESS, RECIPIENT):
+        (replayed,) = result.updates[key]
+        assert (replayed.number, replayed.key, replayed.also) == (
+            event.number, ADDRESS, (RECIPIENT,))
+        assert replayed.payload == event.payload and not replayed.conflatable
+    assert result.lost == {ADDRESS: None, RECIPIENT: None}
+    redis = yield raw()
+    ((_, fields),) = yield redis.execute_command("XRANGE", KEYS.history(ADDRESS), "-", "+")
+    assert fields[2:4] == [b"v", str(before.number).encode()]
+    assert fields[8:] == [b"k", orjson.dumps([ADDRESS, RECIPIENT])]
+    ((_, fields),) = yield redis.execute_command("XRANGE", KEYS.history(RECIPIENT), "-", "+")
+    assert fields[2:4] == [b"v", b"0"]
+    assert (yield redis.execute_command("GET", KEYS.top(RECIPIENT))) == str(
+        event.number).encode()
+    # The recipient's next update evicts the event from its history alone.
+    (later,) = yield node.broker.publish([
+        Publication("transaction_updates", RECIPIENT, {"status": "x"}, retain=False)
+    ])
+    result = yield node.broker.replay({ADDRESS: start, RECIPIENT: start})
+    assert [u.number for u in result.updates[ADDRESS]] == [event.number]
+    assert [(u.number, u.also) for u in result.updates[RECIPIENT]] == [(later.number, ())]
+    assert result.lost == {ADDRESS: None, RECIPIENT: (event.number, event.number)}
 
 
 @pytest_twisted.inlineCallbacks
@@ -783,6 +884,31 @@ def test_claim_checks_the_owner_and_says_where_it_was(nodes):
     assert claim == Claim(record(), None)
     assert (yield two.broker.remove_subscription("sub_1"))
     assert (yield one.broker.claim_subscription("sub_1", 7, "node-1")) is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_find_leaves_the_subscription_as_it_is(nodes, raw):
+    """
+    Any node finds a subscription of its owner, attached or detached,
+    without claiming it or extending its resume window.
+    """
+    one = yield nodes("node-1", resume_window=60.0)
+    two = yield nodes("node-2")
+    yield one.broker.save_subscription(record())
+    assert (yield two.broker.find_subscription("sub_1", 7)) == record()
+    assert (yield two.broker.find_subscription("sub_1", 8)) is None
+    assert (yield two.broker.find_subscription("sub_nope", 7)) is None
+    claim = yield two.broker.claim_subscription("sub_1", 7, "node-2")
+    assert claim.attached_to == "node-1"
+    yield two.broker.detach_subscription("sub_1", time.time())
+    redis = yield raw()
+    before = yield redis.execute_command("PTTL", KEYS.subscription("sub_1"))
+    yield sleep(0.05)
+    assert (yield one.broker.find_subscription("sub_1", 7)) == record()
+    after = yield redis.execute_command("PTTL", KEYS.subscription("sub_1"))
+    assert 0 < after < before
+    claim = yield one.broker.claim_subscription("sub_1", 7, "node-1")
+    assert claim == Claim(record(), None)
 
 
 @pytest_twisted.inlineCallbacks

@@ -57,6 +57,64 @@ def test_an_event_nobody_hears_is_dropped_unnumbered(broker):
     assert update.number == 1 and not update.conflatable
 
 
+SENDER, RECIPIENT = "transaction_updates:A", "transaction_updates:B"
+
+
+def transfer_event(status="pending", also=(RECIPIENT,)):
+    return Publication("transaction_updates", SENDER, {"status": status}, retain=False,
+                       also=also)
+
+
+def test_an_event_of_several_keys_is_numbered_once_and_delivered_once(broker):
+    """
+    A transfer's event belongs to its sender's and its recipient's
+    address: one number, one update to the fan-out carrying both keys,
+    heard through either of them.
+    """
+    received = []
+    broker.on_updates = received.extend
+    assert published(broker.publish([transfer_event()])) == [None]
+    broker.listen(RECIPIENT)
+    (update,) = published(broker.publish([transfer_event()]))
+    assert (update.number, update.key, update.also) == (1, SENDER, (RECIPIENT,))
+    assert update.shared and not update.conflatable
+    broker.listen(SENDER)
+    (both,) = published(broker.publish([transfer_event("confirmed")]))
+    assert received == [update, both]
+    assert broker.last_number == 2
+
+
+def test_an_event_of_several_keys_is_in_each_history_once(broker):
+    """
+    Each key's replay holds the same update: a replay merging both keys
+    can keep one per number.
+    """
+    broker.save_subscription(record("sub_a", keys=(SENDER,)))
+    broker.save_subscription(record("sub_b", keys=(RECIPIENT,)))
+    (event,) = published(broker.publish([transfer_event()]))
+    (own,) = published(broker.publish([transfer_event("own", also=())]))
+    result = published(broker.replay({SENDER: 0, RECIPIENT: 0}))
+    assert result.updates == {SENDER: [event, own], RECIPIENT: [event]}
+    assert result.updates[RECIPIENT][0].also == (RECIPIENT,)
+    assert result.lost == {SENDER: None, RECIPIENT: None}
+    # Watched through the recipient alone, it is kept there all the same.
+    broker.remove_subscription("sub_a")
+    (later,) = published(broker.publish([transfer_event("confirmed")]))
+    assert published(broker.replay({RECIPIENT: 0})).updates[RECIPIENT] == [event, later]
+
+
+def test_the_other_keys_of_a_publication_are_normalised():
+    """
+    Repeats and the publication's own key are dropped (a transfer to
+    oneself has one key); a latest value belongs to one key.
+    """
+    event = transfer_event(also=[RECIPIENT, SENDER, RECIPIENT])
+    assert event.also == (RECIPIENT,) and event.keys == (SENDER, RECIPIENT)
+    assert transfer_event(also=(SENDER,)).also == ()
+    with pytest.raises(ValueError, match="retained"):
+        Publication("market_data", "market_data:A", {}, also=("market_data:B",))
+
+
 def test_current_state_renumbers_the_latest_value(broker):
     broker.publish([price(value="1"), price("market_data:B", "5")])
     state = published(broker.current_state(["market_data:A", "market_data:C"]))
@@ -88,6 +146,23 @@ def test_only_the_owner_claims_a_subscription(broker):
     assert claim.record == record() and claim.attached_to == "node-a"
     broker.detach_subscription("sub_1", 0.0)
     assert published(broker.claim_subscription("sub_1", 1, "node-a")).attached_to is None
+
+
+def test_find_leaves_the_subscription_as_it_is(broker, clock):
+    """
+    Finding a subscription checks its owner, attached or detached, and
+    neither claims it nor extends its resume window.
+    """
+    broker.save_subscription(record())
+    assert published(broker.find_subscription("sub_1", owner=1)) == record()
+    assert published(broker.find_subscription("sub_1", owner=2)) is None
+    assert published(broker.find_subscription("sub_nope", owner=1)) is None
+    broker.detach_subscription("sub_1", clock.seconds())
+    clock.advance(20)
+    assert published(broker.find_subscription("sub_1", owner=1)) == record()
+    assert broker.detached_count == 1
+    clock.advance(11)
+    assert published(broker.find_subscription("sub_1", owner=1)) is None
 
 
 def test_detached_subscriptions_expire_after_the_resume_window(broker, clock):

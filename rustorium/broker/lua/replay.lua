@@ -8,7 +8,8 @@
 -- Returns {"ok", epoch, horizon, base, then for each key: its top (0 if
 -- unknown) and its history entries numbered above the start, less the
 -- leading ones older than the age bound}, or {"noepoch"}. Each entry is
--- {id, {"p", payload, "v", previous number, "r", retained, "t", time}}.
+-- {id, {"p", payload, "v", previous number, "r", retained, "t", time}},
+-- followed by "k", its keys (JSON) for an update of several keys.
 local counter = redis.call('GET', KEYS[1])
 local epoch = redis.call('HMGET', KEYS[2], 'id', 'base')
 if not counter or not epoch[1] then
