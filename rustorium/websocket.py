@@ -146,6 +146,11 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         return d
 
     def _authenticated(self, api_key: ApiKey | None) -> None:
+        if self.state == self.STATE_CLOSED:
+            # The client left while its key was looked up: connectionLost
+            # has run, so a slot counted now would never be given back
+            # (and Autobahn would open a session on the dead connection).
+            raise ConnectionDeny(400, "the connection closed during the handshake")
         if api_key is None:
             self._log.info("Refused a handshake from {peer}: unknown or revoked API key",
                            peer=self.peer)

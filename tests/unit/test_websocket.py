@@ -10,6 +10,7 @@ import struct
 import orjson
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -285,3 +286,28 @@ def test_connections_per_key(clock):
     first.protocol.connectionLost(Failure(ConnectionDone()))
     fourth = another()
     assert status(fourth.open()) == 101
+
+
+def test_client_gone_before_its_key_is_found_takes_no_slot(clock):
+    """
+    A client that closes while its key is being looked up leaves no
+    connection counted against the key and no session: the lookup that
+    fires after connectionLost refuses the handshake.
+    """
+    peer = Peer(clock, max_connections_per_key=1)
+    lookup = Deferred()
+    peer.server.keys.authenticate = lambda key: lookup
+    peer.protocol.dataReceived(handshake())
+    peer.protocol.connectionLost(Failure(ConnectionDone()))
+    lookup.callback(KEY)
+    del peer.server.keys.authenticate
+    assert peer.server.connections_per_key == {}
+    assert len(peer.server.sessions) == 0
+    assert peer.protocol.session is None
+    # The key's only slot is still free.
+    another = Peer(clock)
+    another.factory = RustoriumServerFactory(peer.server, reactor=clock)
+    another.protocol = another.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+    another.transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+    another.protocol.makeConnection(another.transport)
+    assert status(another.open()) == 101
