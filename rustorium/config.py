@@ -191,6 +191,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Messages a connection may send at once (token bucket size)."),
     Setting("flood-limit", _count,
             "Rate-limited messages within 10 seconds after which a connection is closed (4008)."),
+    Setting("frame-rate", _positive_seconds,
+            "WebSocket frames per second allowed per connection, of every kind (pings, "
+            "pongs and continuation frames included; token bucket refill rate)."),
+    Setting("frame-burst", _count,
+            "Frames a connection may send at once (token bucket size); a connection past "
+            "its frame budget is closed (4008)."),
     Setting("max-message-size", _count,
             "Largest incoming message in bytes; larger ones close the connection (1009)."),
     Setting("max-backlog", _count,
@@ -241,6 +247,8 @@ class Settings:
     rate_limit: float = 10.0
     rate_burst: int = 10
     flood_limit: int = 50
+    frame_rate: float = 500.0
+    frame_burst: int = 2000
     max_message_size: int = 65536
     max_backlog: int = 1048576
     send_buffer: int = 0

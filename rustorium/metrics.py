@@ -70,6 +70,11 @@ class ServerCollector:
             value=counters.slow_consumers,
         )
         yield CounterMetricFamily(
+            "rustorium_frame_floods",
+            "Connections closed for sending WebSocket frames past frame-rate (4008).",
+            value=counters.frame_floods,
+        )
+        yield CounterMetricFamily(
             "rustorium_conflated_updates",
             "Price and volume updates a slow reader was spared because a newer one replaced them.",
             value=counters.conflated,

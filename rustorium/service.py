@@ -41,7 +41,7 @@ from .server import Server
 from .storage import Database, engine_from_url
 from .subscriptions import ExpiryService
 from .web import build_site
-from .websocket import RustoriumServerFactory, prepare_frame
+from .websocket import RustoriumServerFactory, prepare_frame, prepare_heartbeat
 
 log = Logger()
 
@@ -140,7 +140,7 @@ class RustoriumService(MultiService):
         ).setServiceParent(self)
         ChainService(ledger, settings.block_interval, reactor).setServiceParent(self)
         ExpiryService(server.subscriptions, hub, reactor).setServiceParent(self)
-        HeartbeatService(server, reactor, prepare_frame).setServiceParent(self)
+        HeartbeatService(server, reactor, prepare_heartbeat).setServiceParent(self)
         RevocationService(
             settings.key_check_interval, server.keys, lambda: list(server.sessions), reactor
         ).setServiceParent(self)

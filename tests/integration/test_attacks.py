@@ -9,9 +9,12 @@ import os
 import socket
 import statistics
 import struct
+import threading
 import time
 
-from tests.integration.client import Client
+import pytest
+
+from tests.integration.client import Client, http_get
 
 PING = 0x9
 TEXT = 0x1
@@ -146,3 +149,105 @@ def test_handshakes_closed_during_the_key_lookup_free_their_slots(start_server):
         finally:
             for client in clients:
                 client.close()
+
+
+def test_reply_to_a_good_request_arrives_before_the_close_of_a_bad_frame(server):
+    """
+    A valid C{ping} request and a frame with a reserved opcode in one TCP
+    write: the pong arrives, then the close (1002, protocol error).
+    """
+    sock = raw_client(server.port, server.demo_key())
+    sock.sendall(frame(b'{"id": "p", "type": "ping"}') + frame(b"", opcode=0x3))
+    frames = []
+    for opcode, payload in read_frames(sock, 5):
+        frames.append((opcode, payload))
+        if opcode == 8:
+            break
+    sock.close()
+    kinds = [opcode for opcode, _ in frames]
+    assert TEXT in kinds and 8 in kinds, frames
+    assert kinds.index(TEXT) < kinds.index(8)
+    assert b'"pong"' in frames[kinds.index(TEXT)][1]
+    assert struct.unpack("!H", frames[kinds.index(8)][1][:2])[0] == 1002
+
+
+def metric(server, name: str) -> float:
+    for line in http_get(f"http://127.0.0.1:{server.port}/metrics").decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def flood(sock: socket.socket, data: bytes, stop: threading.Event, seconds: float = 10.0) -> int:
+    """
+    Send C{data} over and over until C{stop} is set, C{seconds} pass, or the
+    server stops reading or closes; how many times it was sent.
+    """
+    sock.settimeout(0.5)
+    sent = 0
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            sock.sendall(data)
+        except OSError:
+            break
+        sent += 1
+    return sent
+
+
+def test_pinging_without_reading_is_closed_as_a_slow_consumer(start_server):
+    """
+    A client that pings and never reads: the pongs count against
+    max-backlog, so it is closed with 4101 instead of growing the server's
+    memory with every pong.
+    """
+    server = start_server("--max-backlog", "65536", "--send-buffer", "16384",
+                          "--frame-rate", "1000000", "--frame-burst", "1000000")
+    key = server.demo_key()
+    sock = raw_client(server.port, key, receive_buffer=4096)
+    baseline = rss_kib(server.process.pid)
+    pings = frame(b"p" * 125, opcode=PING) * 500
+    for _ in range(80):  # 40,000 pings: 5 MB of pongs
+        sock.sendall(pings)
+    grown = rss_kib(server.process.pid) - baseline
+    assert close_code(sock) == 4101
+    sock.close()
+    assert grown < 3 * 1024, f"RSS grew by {grown} KiB"
+    assert metric(server, "rustorium_slow_consumers_total") == 1
+    with Client(server.url, key) as other:
+        assert other.request("ping")["type"] == "pong"
+
+
+FLOODS = {
+    "pings": frame(b"", opcode=PING) * 1000,
+    "empty continuation frames": frame(b"", opcode=CONTINUATION, fin=False) * 1000,
+    "heartbeat responses": frame(b'{"type": "heartbeat_response", "data": {}}') * 1000,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FLOODS))
+def test_frame_flood_is_closed_and_others_keep_their_round_trip(start_server, kind):
+    """
+    A flood of cheap frames (each costs the server a parse and counts
+    against nothing else) is closed with 4008 once past the frame budget,
+    and meanwhile another client's round trip stays short.
+    """
+    server = start_server("--rate-limit", "1000", "--rate-burst", "1000")
+    key = server.demo_key()
+    with Client(server.url, key) as other:
+        quiet = round_trip_ms(other)
+        sock = raw_client(server.port, key)
+        start = frame(b"", opcode=TEXT, fin=False) if kind == "empty continuation frames" else b""
+        sock.sendall(start)
+        stop = threading.Event()
+        flooder = threading.Thread(target=flood, args=(sock, FLOODS[kind], stop))
+        flooder.start()
+        try:
+            loaded = round_trip_ms(other)
+        finally:
+            stop.set()
+            flooder.join()
+        assert close_code(sock) == 4008
+        sock.close()
+        assert loaded < max(50.0, 5 * quiet), (quiet, loaded)
+    assert metric(server, "rustorium_frame_floods_total") == 1
