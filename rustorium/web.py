@@ -2,8 +2,9 @@
 The HTTP side of a listening port: a C{twisted.web} site whose C{/v1} is the
 WebSocket endpoint.
 
-The site's access log never shows query strings, because the API key may
-travel in one (C{?api_key=...}).
+The site's access log never shows query strings or fragments, because the
+API key may travel in one (C{?api_key=...}, or C{#api_key=...} from a
+hand-made client).
 """
 
 from autobahn.twisted.resource import WebSocketResource
@@ -23,11 +24,11 @@ _INDEX = (
 
 def redacted_log_formatter(timestamp: str, request: http.Request) -> str:
     """
-    Twisted's combined log format, with the query string cut from the
-    request line (it may hold an API key).
+    Twisted's combined log format, with the query string and any fragment
+    cut from the request line (either may hold an API key).
     """
     uri = request.uri
-    request.uri = uri.split(b"?", 1)[0]
+    request.uri = uri.split(b"?", 1)[0].split(b"#", 1)[0]
     try:
         return http.combinedLogFormatter(timestamp, request)
     finally:

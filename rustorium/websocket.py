@@ -18,6 +18,7 @@ is closed with 4101 (its subscriptions stay resumable). Memory per reader
 stays bounded however slowly it reads.
 """
 
+import re
 import socket
 from typing import Any
 
@@ -33,6 +34,7 @@ from . import __version__
 from .closecodes import CloseCode
 from .config import normalise_origin
 from .hub import Update
+from .logs import redact
 from .output import Flusher, Outlet, WriteThroughServer
 from .ratelimit import TokenBucket
 from .server import Server
@@ -63,6 +65,17 @@ def prepare_heartbeat(payload: bytes) -> bytes:
     answers pings by itself) shows it is alive.
     """
     return prepare_frame(payload) + PING_FRAME
+
+
+_QUOTED_URI = re.compile(r'((?:fragment identifier|could not parse) )"[^"]*"')
+
+
+def _redacted_reason(reason: str) -> str:
+    """
+    A handshake failure's reason without what may be a key: Autobahn
+    quotes the fragment or the unparsable request URI in it, and logs it.
+    """
+    return redact(_QUOTED_URI.sub(r'\1"<redacted>"', reason))
 
 
 def _presented_key(request: Any) -> str | None:
@@ -184,6 +197,10 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             )
         counts[api_key.key_id] += 1
         self._api_key = api_key
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        # Autobahn logs the reason (twice); it may quote the request URI.
+        super().failHandshake(_redacted_reason(reason), code, responseHeaders)
 
     def _authentication_failed(self, failure: Failure) -> None:
         self._log.failure("Checking an API key failed", failure)

@@ -251,3 +251,29 @@ def test_frame_flood_is_closed_and_others_keep_their_round_trip(start_server, ki
         sock.close()
         assert loaded < max(50.0, 5 * quiet), (quiet, loaded)
     assert metric(server, "rustorium_frame_floods_total") == 1
+
+
+def test_a_key_in_the_url_fragment_never_reaches_the_default_log(server):
+    """
+    A key sent in the request line's fragment (``/v1#api_key=KEY``, which no
+    browser sends but a hand-made client may) appears neither in the access
+    log nor in Autobahn's warning about the fragment, in the default
+    ``twistd -n`` log.
+    """
+    canary = "rk_" + "C4nary" * 7 + "x"
+    for target in (f"/v1#api_key={canary}", f"/v1?api_key={canary}#{canary}",
+                   f"/healthz#api_key={canary}", f"/v1#{canary}"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            request = handshake_request(canary).replace(
+                f"GET /v1?api_key={canary} ".encode(), f"GET {target} ".encode()
+            )
+            sock.sendall(request)
+            response = sock.recv(65536)
+            assert response.startswith(b"HTTP/1.1 "), response
+    with Client(server.url, server.demo_key()) as client:
+        client.request("ping")
+    time.sleep(0.5)
+    output = server.output()
+    assert "GET /healthz" in output, output
+    assert "fragment" in output, output
+    assert "C4nary" not in output, output

@@ -13,6 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from rustorium.websocket import RustoriumServerFactory, prepare_frame, prepare_heartbeat
@@ -517,3 +518,50 @@ def test_a_write_that_pauses_the_connection_is_not_counted_as_unread(clock):
     for _ in range(10):
         peer.protocol.dataReceived(client_frame(b"p" * 100, opcode=9))
     assert peer.server.counters.slow_consumers == 1
+
+
+CANARY = "rk_" + "C4nary" * 7 + "x"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [f"/v1?api_key={CANARY}#{CANARY}", f"/v1?api_key={CANARY}#api_key={CANARY}",
+     f"/v1?api_key={CANARY}#secret"],
+)
+def test_handshake_failure_logs_no_fragment(clock, path):
+    """
+    Autobahn refuses a request URI with a fragment and logs why, quoting
+    the fragment: the reason is redacted first.
+    """
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        peer = Peer(clock)
+        response = peer.open(handshake(path))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert status(response) == 400
+    text = "\n".join(formatEvent(event) or "" for event in events)
+    assert "fragment" in text
+    assert "C4nary" not in text and "secret" not in text
+
+
+def test_access_log_cuts_query_and_fragment():
+    """
+    The site's access log line shows the path only.
+    """
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from rustorium.web import redacted_log_formatter
+
+    request = DummyRequest([b"v1"])
+    request.uri = f"/v1?api_key={CANARY}#api_key={CANARY}".encode()
+    request.method = b"GET"
+    request.clientproto = b"HTTP/1.1"
+    request.code = 200
+    request.sentLength = 0
+    line = redacted_log_formatter("now", request)
+    assert '"GET /v1 HTTP/1.1"' in line
+    assert "C4nary" not in line
+    request.uri = f"/healthz#api_key={CANARY}".encode()
+    assert "C4nary" not in redacted_log_formatter("now", request)
