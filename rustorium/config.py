@@ -181,6 +181,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("allowed-origins", _origins,
             "Origins browsers may connect from (exact match); empty allows any. "
             "Clients that send no Origin (non-browsers) are always allowed."),
+    Setting("max-connections", _whole,
+            "TCP connections open at once on the server's own ports; more are refused "
+            "at accept (0: the open-file limit less 100)."),
+    Setting("max-handshakes-per-address", _whole,
+            "Connections from one IP address still sending their HTTP request; more are "
+            "refused at accept (0: no limit)."),
     Setting("max-connections-per-key", _whole,
             "Open connections allowed per API key (0: no limit); more get HTTP 429."),
     Setting("max-subscriptions", _count,
@@ -207,7 +213,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("write-through", _boolean,
             "Send to the socket at once when nothing is buffered (faster fan-out)."),
     Setting("handshake-timeout", _positive_seconds,
-            "Seconds a client has to complete the WebSocket opening handshake."),
+            "Seconds a client has, from connecting, to complete the WebSocket opening "
+            "handshake (TLS, HTTP request and upgrade in all)."),
     Setting("close-timeout", _positive_seconds,
             "Seconds to wait for a closing handshake before dropping the connection."),
     Setting("backlog", _count,
@@ -242,6 +249,8 @@ class Settings:
     history_size: int = 1000
     history_age: float = 300.0
     allowed_origins: tuple[str, ...] = ()
+    max_connections: int = 0
+    max_handshakes_per_address: int = 256
     max_connections_per_key: int = 0
     max_subscriptions: int = 100
     rate_limit: float = 10.0

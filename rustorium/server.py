@@ -80,6 +80,10 @@ class Counters:
     @ivar rate_limited: messages refused by the rate limit.
     @ivar frame_floods: connections closed for sending frames past their
         frame budget.
+    @ivar connections_refused: TCP connections refused at accept, by the
+        setting whose cap was reached.
+    @ivar handshake_timeouts: connections closed because their opening
+        handshake did not complete within the handshake timeout.
     """
 
     conflated: int = 0
@@ -89,6 +93,8 @@ class Counters:
     errors: Counter[str] = attrs.Factory(Counter)
     rate_limited: int = 0
     frame_floods: int = 0
+    connections_refused: Counter[str] = attrs.Factory(Counter)
+    handshake_timeouts: int = 0
 
 
 class Server:

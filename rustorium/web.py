@@ -13,6 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from . import __version__
+from .admission import GuardedSite
 from .websocket import RustoriumServerFactory
 
 _INDEX = (
@@ -62,7 +63,7 @@ def build_site(
     root.putChild(b"v1", WebSocketResource(factory))
     root.putChild(b"healthz", health)
     root.putChild(b"metrics", metrics)
-    site = Site(root, logFormatter=redacted_log_formatter)
+    site = GuardedSite(factory.admission, root, logFormatter=redacted_log_formatter)
     site.timeOut = timeout
     site.displayTracebacks = False
     return site

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import __version__
+from .admission import Admission, Ticket
 from .closecodes import CloseCode
 from .config import normalise_origin
 from .hub import Update
@@ -127,13 +128,24 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     # Set once the close frame is being sent: nothing counts as slow then.
     _closing = False
     _opened_at = 0.0
+    # The place among the site's connections (rustorium.admission).
+    _ticket: Ticket | None = None
 
     def connectionMade(self) -> None:
         self.factory.open_connections.add(self)
+        ticket = self.factory.admission.claim(self.transport)
+        if ticket is not None:
+            # Taken over from the site's HTTP channel: the handshake's
+            # deadline counts from the connection, so Autobahn's own timer
+            # gets only what is left of it.
+            self._ticket = ticket
+            self.openHandshakeTimeout = ticket.remaining()
         super().connectionMade()
 
     def connectionLost(self, reason: Any) -> None:
         self.factory.open_connections.discard(self)
+        if self._ticket is not None:
+            self._ticket.release(self.transport)
         if self._api_key is not None:
             counts = self.factory.api_server.connections_per_key
             counts[self._api_key.key_id] -= 1
@@ -255,6 +267,11 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
                 self.close(int(CloseCode.POLICY_VIOLATION), reason)
         self.data = b""
         self.transport.pauseProducing()
+
+    def onOpenHandshakeTimeout(self) -> None:
+        if self.state == self.STATE_CONNECTING:
+            self.factory.api_server.counters.handshake_timeouts += 1
+        super().onOpenHandshakeTimeout()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
@@ -530,6 +547,7 @@ class RustoriumServerFactory(WebSocketServerFactory):
         self.flusher = Flusher(self.reactor)
         self.open_connections: set[RustoriumServerProtocol] = set()
         settings = api_server.settings
+        self.admission = Admission(settings, self.reactor, api_server.counters)
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_message_size,
             maxMessagePayloadSize=settings.max_message_size,

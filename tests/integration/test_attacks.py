@@ -277,3 +277,95 @@ def test_a_key_in_the_url_fragment_never_reaches_the_default_log(server):
     assert "GET /healthz" in output, output
     assert "fragment" in output, output
     assert "C4nary" not in output, output
+
+
+def server_closed(sock: socket.socket) -> bool:
+    """
+    Whether the server has closed (or reset) this connection.
+    """
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def test_slowloris_closed_at_the_handshake_deadline(start_server):
+    """
+    Clients trickling their handshake a byte at a time (each byte resetting
+    twisted.web's idle timeout) are closed handshake-timeout after they
+    connected, while an honest client connects and is served.
+    """
+    server = start_server("--handshake-timeout", "2")
+    key = server.demo_key()
+    request = handshake_request(key)
+    tricklers = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
+    started = time.monotonic()
+    try:
+        sent = 0
+        while time.monotonic() - started < 5 and not all(map(server_closed, tricklers)):
+            for sock in tricklers:
+                try:
+                    sock.send(request[sent:sent + 1])
+                except OSError:
+                    pass
+            sent += 1
+            time.sleep(0.25)
+        closed_after = time.monotonic() - started
+        assert all(map(server_closed, tricklers)), "trickling clients were kept open"
+        assert closed_after < 4, closed_after
+        with Client(server.url, key) as client:
+            assert client.request("ping")["type"] == "pong"
+    finally:
+        for sock in tricklers:
+            sock.close()
+    assert metric(server, "rustorium_handshake_timeouts_total") >= 20
+
+
+def test_connections_past_max_connections_are_closed_at_accept(start_server):
+    server = start_server("--max-connections", "20")
+    with Client(server.url, server.demo_key()) as client:
+        client.request("ping")  # the start-up probe's connection is gone now
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(30)]
+    try:
+        time.sleep(0.5)
+        closed = [server_closed(sock) for sock in held]
+        assert closed.count(True) == 10, closed
+    finally:
+        for sock in held:
+            sock.close()
+    with Client(server.url, server.demo_key()) as client:
+        assert client.request("ping")["type"] == "pong"
+    refused = 'rustorium_connections_refused_total{reason="max-connections"}'
+    assert metric(server, refused) >= 10
+    assert "Refused a connection from 127.0.0.1" in server.output()
+
+
+def test_one_address_cannot_take_every_handshake(start_server):
+    """
+    Connections from one address that send nothing are capped by
+    max-handshakes-per-address; another address still connects.
+    """
+    server = start_server("--max-handshakes-per-address", "10")
+    with Client(server.url, server.demo_key()) as client:
+        client.request("ping")  # the start-up probe's connection is gone now
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(15)]
+    try:
+        time.sleep(0.5)
+        closed = [server_closed(sock) for sock in held]
+        assert closed.count(True) == 5, closed
+        with socket.socket() as other:
+            other.bind(("127.0.0.2", 0))
+            other.connect(("127.0.0.1", server.port))
+            other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            other.settimeout(5)
+            assert other.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in held:
+            sock.close()
+    with Client(server.url, server.demo_key()) as client:
+        assert client.request("ping")["type"] == "pong"

@@ -19,8 +19,8 @@ from tests.helpers import make_server
 from tests.unit.test_websocket import Transport, client_frame, handshake, server_frames, status
 
 # Attributes of a factory that are not protocol options.
-NOT_OPTIONS = {"api_server", "flusher", "path", "protocol", "perMessageCompressionAccept",
-               "reactor", "_batched_timer", "countConnections"}
+NOT_OPTIONS = {"admission", "api_server", "flusher", "path", "protocol",
+               "perMessageCompressionAccept", "reactor", "_batched_timer", "countConnections"}
 
 
 def options(factory) -> dict:
