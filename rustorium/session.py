@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
+from .admission import default_max_connections
 from .amounts import format_units
 from .closecodes import CloseCode
 from .errors import ErrorCode, RequestError
@@ -468,6 +469,12 @@ class Session:
                     "rate_limit": settings.rate_limit,
                     "rate_burst": settings.rate_burst,
                     "max_message_size": settings.max_message_size,
+                    "frame_rate": settings.frame_rate,
+                    "frame_burst": settings.frame_burst,
+                    "max_backlog": settings.max_backlog,
+                    "handshake_timeout": settings.handshake_timeout,
+                    "max_connections": settings.max_connections or default_max_connections(),
+                    "max_handshakes_per_address": settings.max_handshakes_per_address,
                 },
                 "usage": {
                     "subscriptions": len(self._subscriptions),

@@ -5,6 +5,7 @@ subscriptions, commands, validation, every error code, rate limits.
 
 import pytest
 
+from rustorium.admission import default_max_connections
 from rustorium.closecodes import CloseCode
 from rustorium.hub import channel_key
 from rustorium.requests import Ping
@@ -322,7 +323,11 @@ class TestCommands:
         assert data["heartbeat_interval"] == 20
         assert data["heartbeat_timeout"] == 60
         assert data["limits"] == {"max_subscriptions": 100, "rate_limit": 10.0,
-                                  "rate_burst": 10, "max_message_size": 65536}
+                                  "rate_burst": 10, "max_message_size": 65536,
+                                  "frame_rate": 500.0, "frame_burst": 2000,
+                                  "max_backlog": 1048576, "handshake_timeout": 10.0,
+                                  "max_connections": default_max_connections(),
+                                  "max_handshakes_per_address": 256}
         assert data["usage"] == {"subscriptions": 1, "rate_tokens": 8.0}
         assert set(data["markets"]) == {"MTK/USD", "STK/USD", "RST/USD"}
 
