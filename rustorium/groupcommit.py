@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 Row = TypeVar("Row")
-Done = Callable[[Failure | None], None]
+Done = Callable[[Failure | None, Any], None]
 
 
 class GroupCommit(Generic[Row]):
@@ -41,9 +41,12 @@ class GroupCommit(Generic[Row]):
 
     def add(self, row: Row, done: Done) -> None:
         """
-        Queue a row; C{done(None)} is called once it is committed, or
-        C{done(failure)} with the reason it could not be. (A callback, not a
-        Deferred: this is on the path of every transaction.)
+        Queue a row; C{done(None, outcome)} is called once it is committed,
+        or C{done(failure, None)} with the reason it could not be. The
+        outcome is the row's item of the list C{write} returned, if it
+        returned a list (a store that decides per row, such as one that
+        checks balances), else C{None}. (A callback, not a Deferred: this is
+        on the path of every transaction.)
         """
         self._queue.append((row, done))
         if not self._writing:
@@ -77,9 +80,10 @@ class GroupCommit(Generic[Row]):
         # rows strictly in the order they were added, even with a store
         # that completes at once.
         failure = result if isinstance(result, Failure) else None
-        for _, done in batch:
+        outcomes = result if isinstance(result, list) else [None] * len(batch)
+        for (_, done), outcome in zip(batch, outcomes, strict=True):
             try:
-                done(failure)
+                done(failure, outcome)
             except Exception:
                 # One caller's failure must not keep the others waiting.
                 self.log.failure("Resolving a committed row failed")

@@ -274,7 +274,7 @@ class Ledger:
                 parameters, row
             )
         d: Deferred[TransactionRow] = Deferred()
-        self._committer.add(row, lambda failure: self._stored(failure, row, entry, d))
+        self._committer.add(row, lambda failure, _: self._stored(failure, row, entry, d))
         return d
 
     def _stored(

@@ -6,6 +6,7 @@ the TOML file named by ``--config``; flags win over the file, the file over
 the defaults.
 """
 
+import sys
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
@@ -14,9 +15,10 @@ from twisted.python import usage
 from . import tls
 from .config import SETTINGS, ConfigError, Settings, load_toml
 from .genesis import GenesisError, load_genesis
-from .service import RustoriumService
-from .service import makeService as _makeService
+from .service import ListenError, RustoriumService
 from .storage import DatabaseURLError, SchemaError, engine_from_url
+from .storage.lock import DatabaseLockError
+from .workers import WorkerSupervisor
 
 
 def _help(setting) -> str:
@@ -78,6 +80,14 @@ class Options(usage.Options):
         """
         Fail now, with a usage message, on what would fail at start-up.
         """
+        if settings.workers > 1 and (
+            settings.broker == "local" or settings.database.startswith("sqlite:")
+        ):
+            raise usage.UsageError(
+                f"--workers {settings.workers} needs state the workers can share: set "
+                "--broker redis://HOST:PORT/DB and --database postgresql://USER@HOST/DB "
+                "(docs/operations.rst, Running a cluster), or run one worker"
+            )
         try:
             engine_from_url(settings.database)
             if settings.genesis is not None:
@@ -101,11 +111,53 @@ class Options(usage.Options):
                 raise usage.UsageError(f"bad --listen endpoint {endpoint!r}: {e}") from None
 
 
-def makeService(options: Options, reactor: Any = None) -> RustoriumService:
+def _child_twistd_args(argv: list[str]) -> list[str]:
     """
-    The service ``twistd rustorium`` runs.
+    The twistd options of this command line that worker processes need
+    too (the logger and the reactor), from the arguments before the
+    plugin name.
     """
     try:
-        return _makeService(options.settings, reactor)
-    except (GenesisError, SchemaError, DatabaseURLError) as e:
+        end = argv.index("rustorium")
+    except ValueError:
+        return []
+    kept = []
+    arguments = iter(argv[1:end])
+    for argument in arguments:
+        name = argument.split("=", 1)[0]
+        if name in ("--logger", "--reactor", "-r"):
+            kept.append(argument)
+            if "=" not in argument:
+                kept.append(next(arguments, ""))
+    return kept
+
+
+class _CommandService(RustoriumService):
+    """
+    The service as ``twistd rustorium`` runs it: an endpoint that cannot
+    listen ends the process with one line, not twistd's traceback.
+    """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            raise SystemExit(f"rustorium: {e}") from None
+
+
+def makeService(options: Options, reactor: Any = None) -> "RustoriumService | WorkerSupervisor":
+    """
+    The service ``twistd rustorium`` runs: the server, or with
+    C{--workers} above 1, the supervisor of its worker processes. What
+    stops the server's start-up (a bad genesis or database, a database
+    another server holds, a port it cannot listen on) ends the process
+    with one line.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    if options.settings.workers > 1:
+        return WorkerSupervisor(options.settings, reactor, _child_twistd_args(sys.argv))
+    try:
+        return _CommandService(options.settings, reactor)
+    except (GenesisError, SchemaError, DatabaseURLError, DatabaseLockError) as e:
         raise SystemExit(f"rustorium: {e}") from None

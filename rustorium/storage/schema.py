@@ -14,7 +14,7 @@ from importlib import resources
 
 from twisted.logger import Logger
 
-LATEST_VERSION = 2
+LATEST_VERSION = 3
 
 log = Logger()
 

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from rustorium.apikeys import hash_key
-from rustorium.bootstrap import MESSAGE_ID_BLOCK, prepare_database
+from rustorium.bootstrap import MESSAGE_ID_BLOCK, create_demo_key, prepare_database
 from rustorium.genesis import GenesisError
 from rustorium.storage import SchemaError, engine_from_url, run_blocking
 from rustorium.storage.keys import find_key, insert_key, list_keys, revoke_key, revoked_among
@@ -34,16 +34,31 @@ def test_pragmas(engine):
 
 def test_prepare_with_demo_genesis(engine):
     """
-    An empty database gets the schema, the demo genesis and a demo key
-    bound to the demo addresses; message ids start at 1.
+    An empty database gets the schema and the demo genesis, and a demo key
+    is due (made once the server listens); message ids start at 1.
     """
     prepared = prepare_database(engine, None)
     assert [t.symbol for t in prepared.tokens] == ["MTK", "RST", "STK"]
-    assert prepared.demo_key.startswith("rk_")
+    assert prepared.demo_key_due
     assert prepared.first_message_id == 1
-    key = run_blocking(engine, find_key, hash_key(prepared.demo_key))
+    assert run_blocking(engine, list_keys) == []
+
+
+def test_demo_key_made_once(engine):
+    """
+    The due demo key is bound to the demo addresses and made once; a start
+    that never made it (its port taken) leaves it due for the next.
+    """
+    prepare_database(engine, None)
+    assert prepare_database(engine, None).demo_key_due
+    demo_key = run_blocking(engine, create_demo_key)
+    assert demo_key.startswith("rk_")
+    key = run_blocking(engine, find_key, hash_key(demo_key))
     assert key.name == "demo"
     assert len(key.addresses) == 2
+    assert run_blocking(engine, create_demo_key) is None
+    assert not prepare_database(engine, None).demo_key_due
+    assert [k.name for k in run_blocking(engine, list_keys)] == ["demo"]
 
 
 def test_second_start(engine, tmp_path):
@@ -54,8 +69,9 @@ def test_second_start(engine, tmp_path):
     first = prepare_database(engine, None)
     genesis = tmp_path / "other.json"
     genesis.write_text("{}")
+    run_blocking(engine, create_demo_key)
     second = prepare_database(engine, str(genesis))
-    assert second.demo_key is None
+    assert not second.demo_key_due
     assert second.tokens == first.tokens
     assert second.first_message_id == first.message_id_ceiling + 1
     assert second.message_id_ceiling == first.message_id_ceiling + MESSAGE_ID_BLOCK
@@ -69,8 +85,9 @@ def test_custom_genesis_creates_no_key(engine, tmp_path):
         ' "balances": {"0x' + "2" * 40 + '": "10"}}]}'
     )
     prepared = prepare_database(engine, str(genesis))
-    assert prepared.demo_key is None
+    assert not prepared.demo_key_due
     assert [t.symbol for t in prepared.tokens] == ["T"]
+    assert run_blocking(engine, create_demo_key) is None
     assert run_blocking(engine, list_keys) == []
 
 
@@ -151,12 +168,16 @@ def test_upgrade_from_first_schema(engine):
     connection.close()
 
     prepared = prepare_database(engine, None)
-    assert prepared.demo_key is None
+    assert not prepared.demo_key_due
     assert [t.symbol for t in prepared.tokens] == ["T"]
     assert prepared.ledger.balances == {("0x" + "2" * 40, "0x" + "1" * 40): 1000}
     connection = engine.connect()
-    assert current_version(connection) == schema.LATEST_VERSION == 2
+    assert current_version(connection) == schema.LATEST_VERSION == 3
     assert connection.execute("SELECT COUNT(*) FROM transactions").fetchone() == (0,)
+    assert connection.execute("SELECT amount, pending_out FROM balances").fetchall() == [
+        ("1000", "0")
+    ]
+    assert connection.execute("SELECT COUNT(*) FROM idempotency_keys").fetchone() == (0,)
     assert connection.execute("SELECT name FROM api_keys").fetchall() == [("old",)]
     connection.close()
     backup = sqlite3.connect(engine.path + ".v1.bak")
