@@ -36,9 +36,10 @@ FD_MARGIN = 100
 listening sockets, certificate reloads) when C{max-connections} is derived
 from the open-file limit."""
 
-REFUSALS_LOG_INTERVAL = 10.0
-"""Seconds between log lines about refused connections (the rest are
-counted in the next line and in the metrics)."""
+LOG_INTERVAL = 10.0
+"""Seconds between log lines about refused or timed-out connections (the
+rest are counted in the next line, and all in the metrics), so that a flood
+of them does not flood the log."""
 
 MAX_CONNECTIONS = "max-connections"
 MAX_HANDSHAKES_PER_ADDRESS = "max-handshakes-per-address"
@@ -54,6 +55,30 @@ def default_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
     return max(1, soft - FD_MARGIN)
+
+
+class _Throttle:
+    """
+    Lets a kind of log line through at most once per L{LOG_INTERVAL}, and
+    counts the ones held back.
+    """
+
+    __slots__ = ("_held", "_last")
+
+    def __init__(self) -> None:
+        self._last = float("-inf")
+        self._held = 0
+
+    def allow(self, now: float) -> int | None:
+        """
+        C{None} to hold this line back, else how many were held back since
+        the last one let through.
+        """
+        if now - self._last < LOG_INTERVAL:
+            self._held += 1
+            return None
+        held, self._held, self._last = self._held, 0, now
+        return held
 
 
 class Ticket:
@@ -112,11 +137,11 @@ class Ticket:
         """
         return max(0.001, self.deadline - self._admission.clock.seconds())
 
-    def timed_out(self) -> None:
+    def timed_out(self, peer: object) -> None:
         """
-        The deadline passed first (counted for the metrics).
+        The deadline passed before the request arrived.
         """
-        self._admission.timed_out()
+        self._admission.timed_out(peer)
 
     def release(self, transport: Any) -> None:
         """
@@ -161,8 +186,8 @@ class Admission:
         self.open = 0
         self.handshakes: Counter[str] = Counter()
         self._unclaimed: dict[Any, Ticket] = {}
-        self._last_logged = float("-inf")
-        self._not_logged = 0
+        self._refusals = _Throttle()
+        self._timeouts = _Throttle()
 
     def admit(self, address: Any) -> Ticket | None:
         """
@@ -194,11 +219,19 @@ class Admission:
         """
         return self._unclaimed.pop(transport, None)
 
-    def timed_out(self) -> None:
+    def timed_out(self, peer: object) -> None:
         """
-        Count an opening handshake that did not complete in time.
+        Count (and now and then log) a connection closed because its HTTP
+        request did not arrive in time.
         """
         self._counters.handshake_timeouts += 1
+        held = self._timeouts.allow(self.clock.seconds())
+        if held is not None:
+            self.log.info(
+                "Closed {peer}: its HTTP request did not arrive within the handshake "
+                "timeout ({timeout:g} s); {held} more since the last such line",
+                peer=str(peer), timeout=self.timeout, held=held,
+            )
 
     def _handshake_over(self, host: str | None) -> None:
         if host is None:
@@ -210,17 +243,13 @@ class Admission:
 
     def _refuse(self, reason: str, host: str | None, why: str) -> None:
         self._counters.connections_refused[reason] += 1
-        now = self.clock.seconds()
-        if now - self._last_logged < REFUSALS_LOG_INTERVAL:
-            self._not_logged += 1
-            return
-        self.log.warn(
-            "Refused a connection from {host}: {why}, the most allowed ({setting}); "
-            "{not_logged} more refused since the last such line",
-            host=host, why=why, setting=reason, not_logged=self._not_logged,
-        )
-        self._last_logged = now
-        self._not_logged = 0
+        held = self._refusals.allow(self.clock.seconds())
+        if held is not None:
+            self.log.warn(
+                "Refused a connection from {host}: {why}, the most allowed ({setting}); "
+                "{held} more refused since the last such line",
+                host=host, why=why, setting=reason, held=held,
+            )
 
 
 class _Refused(Protocol):
@@ -239,7 +268,6 @@ class GuardedChannel(HTTPChannel):
     """
 
     ticket: Ticket | None = None
-    _log = Logger()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -267,11 +295,7 @@ class GuardedChannel(HTTPChannel):
         transport = self.transport
         if transport is None:
             return
-        self._log.info(
-            "Closing {peer}: its HTTP request did not arrive within the handshake timeout",
-            peer=str(transport.getPeer()),
-        )
-        self.ticket.timed_out()
+        self.ticket.timed_out(transport.getPeer())
         transport.abortConnection()
 
 

@@ -14,8 +14,15 @@ the transport's streaming producer: when the transport's buffer
 passes its bound Twisted pauses it, and until it resumes, updates on prices
 and volumes are conflated to the newest per key while transaction updates
 and replies are kept, up to C{max-backlog} bytes; past that the connection
-is closed with 4101 (its subscriptions stay resumable). Memory per reader
-stays bounded however slowly it reads.
+is closed with 4101 (its subscriptions stay resumable). Autobahn's own
+writes (pongs) count against that bound too. Memory per reader stays
+bounded however slowly it reads.
+
+Input: every frame a client sends, of any kind, takes a token of the
+connection's frame budget (C{frame-rate}, C{frame-burst}; past it, 4008)
+and counts as a sign of life for the silence timeout. The opening handshake
+has what is left of the deadline its connection got when it was accepted
+(L{rustorium.admission}).
 """
 
 import re

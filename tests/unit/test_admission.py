@@ -203,3 +203,21 @@ def test_refusals_logged_at_most_every_ten_seconds(clock):
     assert len(lines) == 2
     assert "max-connections" in lines[0]
     assert "4 more refused" in lines[1]
+
+
+def test_timeouts_logged_at_most_every_ten_seconds(clock):
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        site = Site(clock, handshake_timeout=10)
+        for _ in range(5):
+            site.connect()
+        clock.advance(10)
+        site.connect()
+        clock.advance(10)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if "did not arrive" in (formatEvent(e) or "")]
+    assert len(lines) == 2
+    assert "4 more since" in lines[1]
+    assert site.server.counters.handshake_timeouts == 6
