@@ -379,6 +379,7 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
 
     def close(self, code: int, reason: str) -> None:
         if self.state == _OPEN:
+            self._closing = True
             self.flush()
             self.sendClose(code, reason)
 
