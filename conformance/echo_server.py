@@ -12,7 +12,9 @@ factory itself from the settings. Two things differ, and only these:
   send one), and there is no session: the protocol echoes each message;
 - C{max-message-size} (frame and message limit) is raised from 64 KiB to
   16 MiB, the largest message of the testsuite (cases 9.1.6 and 9.2.6 send
-  16 MiB in one frame). Nothing else is changed.
+  16 MiB in one frame), and the frame budget (C{frame-rate},
+  C{frame-burst}) is lifted: cases 9.3.* and 9.4.* send 4 MiB messages in
+  up to 65,536 frames as fast as they can. Nothing else is changed.
 
 The echo goes out the way replies do in production: a frame prepared once
 (L{PreparedMessage}) and written through the connection's output path, so
@@ -58,11 +60,20 @@ ECHO_KEY = ApiKey(0, "conformance-echo", frozenset(), "1970-01-01T00:00:00.00000
 """The key an echo connection counts as (for log lines); it is never checked."""
 
 
+CONFORMANCE_FRAME_BUDGET = 1 << 30
+"""Frames per second and at once: more than any case sends."""
+
+
 def echo_settings(max_message_size: int = CONFORMANCE_MAX_MESSAGE_SIZE) -> Settings:
     """
-    The production defaults, with the frame and message limit raised.
+    The production defaults, with the frame and message limit raised and
+    the frame budget lifted.
     """
-    return Settings(max_message_size=max_message_size)
+    return Settings(
+        max_message_size=max_message_size,
+        frame_rate=CONFORMANCE_FRAME_BUDGET,
+        frame_burst=CONFORMANCE_FRAME_BUDGET,
+    )
 
 
 @attrs.define

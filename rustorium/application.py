@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from . import __version__
+from .admission import default_max_connections
 from .amounts import format_units
 from .broker.interface import IBroker, Publication
 from .catalog import Catalog
@@ -198,6 +199,12 @@ class Application:
                 "key_rate_burst": settings.key_rate_burst,
                 "max_detached_per_key": settings.max_detached_per_key,
                 "max_message_size": settings.max_message_size,
+                "frame_rate": settings.frame_rate,
+                "frame_burst": settings.frame_burst,
+                "max_backlog": settings.max_backlog,
+                "handshake_timeout": settings.handshake_timeout,
+                "max_connections": settings.max_connections or default_max_connections(),
+                "max_handshakes_per_address": settings.max_handshakes_per_address,
             },
             "channels": list(CHANNELS),
             "markets": list(self.catalog.markets),

@@ -199,6 +199,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("allowed-origins", _origins,
             "Origins browsers may connect from (exact match); empty allows any. "
             "Clients that send no Origin (non-browsers) are always allowed."),
+    Setting("max-connections", _whole,
+            "TCP connections open at once on the server's own ports; more are refused "
+            "at accept (0: the open-file limit less 100)."),
+    Setting("max-handshakes-per-address", _whole,
+            "Connections from one IP address still sending their HTTP request; more are "
+            "refused at accept (0: no limit)."),
     Setting("max-connections-per-key", _whole,
             "Open connections allowed per API key (0: no limit); more get HTTP 429."),
     Setting("max-subscriptions", _count,
@@ -217,6 +223,12 @@ SETTINGS: tuple[Setting, ...] = (
             "oldest expire first."),
     Setting("flood-limit", _count,
             "Rate-limited messages within 10 seconds after which a connection is closed (4008)."),
+    Setting("frame-rate", _positive_seconds,
+            "WebSocket frames per second allowed per connection, of every kind (pings, "
+            "pongs and continuation frames included; token bucket refill rate)."),
+    Setting("frame-burst", _count,
+            "Frames a connection may send at once (token bucket size); a connection past "
+            "its frame budget is closed (4008)."),
     Setting("max-message-size", _count,
             "Largest incoming message in bytes; larger ones close the connection (1009)."),
     Setting("max-backlog", _count,
@@ -227,7 +239,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("write-through", _boolean,
             "Send to the socket at once when nothing is buffered (faster fan-out)."),
     Setting("handshake-timeout", _positive_seconds,
-            "Seconds a client has to complete the WebSocket opening handshake."),
+            "Seconds a client has, from connecting, to complete the WebSocket opening "
+            "handshake (TLS, HTTP request and upgrade in all)."),
     Setting("close-timeout", _positive_seconds,
             "Seconds to wait for a closing handshake before dropping the connection."),
     Setting("backlog", _count,
@@ -266,6 +279,8 @@ class Settings:
     history_size: int = 1000
     history_age: float = 300.0
     allowed_origins: tuple[str, ...] = ()
+    max_connections: int = 0
+    max_handshakes_per_address: int = 256
     max_connections_per_key: int = 0
     max_subscriptions: int = 100
     rate_limit: float = 10.0
@@ -274,6 +289,8 @@ class Settings:
     key_rate_burst: int = 200
     max_detached_per_key: int = 1000
     flood_limit: int = 50
+    frame_rate: float = 500.0
+    frame_burst: int = 2000
     max_message_size: int = 65536
     max_backlog: int = 1048576
     send_buffer: int = 0

@@ -3,10 +3,12 @@ Heartbeats and the silence timeout, for every connection from two
 service-level timers (never one per connection).
 
 Every heartbeat interval one C{heartbeat} message is encoded and framed once
-and sent to every session. Every second the sessions that have sent nothing
-for the silence timeout are closed with 4100 (reconnect with backoff); the
-registry keeps sessions ordered by their last message, so that check looks
-only at the silent ones.
+(in production followed by a WebSocket ping, which client libraries answer
+by themselves: L{rustorium.websocket.prepare_heartbeat}) and sent to every
+session. Every second the sessions that have sent nothing, not a message
+and not a frame, pongs included, for the silence timeout are closed with
+4100 (reconnect with backoff); the registry keeps sessions ordered by when
+each was last heard from, so that check looks only at the silent ones.
 """
 
 from collections.abc import Callable
@@ -48,7 +50,7 @@ class HeartbeatService(MultiService):
 
     def beat(self) -> None:
         """
-        Send one heartbeat to every session.
+        Send one heartbeat (and ping) to every session.
         """
         try:
             payload = orjson.dumps(

@@ -74,6 +74,23 @@ class ServerCollector:
             value=counters.slow_consumers,
         )
         yield CounterMetricFamily(
+            "rustorium_frame_floods",
+            "Connections closed for sending WebSocket frames past frame-rate (4008).",
+            value=counters.frame_floods,
+        )
+        refused = Counter({"max-connections": 0, "max-handshakes-per-address": 0})
+        refused.update(counters.connections_refused)
+        yield _counter(
+            "rustorium_connections_refused",
+            "TCP connections closed at accept, by the cap that was reached.",
+            "reason", refused,
+        )
+        yield CounterMetricFamily(
+            "rustorium_handshake_timeouts",
+            "Connections closed for not completing the opening handshake in handshake-timeout.",
+            value=counters.handshake_timeouts,
+        )
+        yield CounterMetricFamily(
             "rustorium_conflated_updates",
             "Price and volume updates a slow reader was spared because a newer one replaced them.",
             value=counters.conflated,

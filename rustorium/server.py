@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
 class SessionRegistry:
     """
-    The open sessions, ordered by when each last sent a message, so finding
-    the silent ones looks only at the oldest few.
+    The open sessions, ordered by when each was last heard from (any frame
+    of its connection), so finding the silent ones looks only at the
+    oldest few.
     """
 
     def __init__(self) -> None:
@@ -31,10 +32,14 @@ class SessionRegistry:
 
     def touch(self, session: "Session", now: float) -> None:
         """
-        Record that C{session} sent something at C{now}.
+        Record that C{session} sent something at C{now} (nothing if it has
+        been removed: a closing connection's last frames do not bring it
+        back).
         """
-        self._last_seen[session] = now
-        self._last_seen.move_to_end(session)
+        last_seen = self._last_seen
+        if session in last_seen:
+            last_seen[session] = now
+            last_seen.move_to_end(session)
 
     def remove(self, session: "Session") -> None:
         self._last_seen.pop(session, None)
@@ -69,6 +74,12 @@ class Counters:
     @ivar sent: replies by type.
     @ivar errors: error replies by code.
     @ivar rate_limited: messages refused by the rate limit.
+    @ivar frame_floods: connections closed for sending frames past their
+        frame budget.
+    @ivar connections_refused: TCP connections refused at accept, by the
+        setting whose cap was reached.
+    @ivar handshake_timeouts: connections closed because their opening
+        handshake did not complete within the handshake timeout.
     """
 
     conflated: int = 0
@@ -77,6 +88,9 @@ class Counters:
     sent: Counter[str] = attrs.Factory(Counter)
     errors: Counter[str] = attrs.Factory(Counter)
     rate_limited: int = 0
+    frame_floods: int = 0
+    connections_refused: Counter[str] = attrs.Factory(Counter)
+    handshake_timeouts: int = 0
 
 
 class Server:

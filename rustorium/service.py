@@ -54,7 +54,7 @@ from .storage import Database, engine_from_url, run_blocking
 from .storage.lock import DatabaseLock, lock_database
 from .timestamps import isoformat
 from .web import WebSocketEndpoint, build_site
-from .websocket import RustoriumServerFactory, prepare_frame
+from .websocket import RustoriumServerFactory, prepare_frame, prepare_heartbeat
 from .workers import default_node_name
 
 log = Logger()
@@ -246,7 +246,7 @@ class RustoriumService(MultiService):
         self._started_at = reactor.seconds()
         NodeAnnouncer(broker, self._describe_node, lambda: sources.leading, reactor
                       ).setServiceParent(self)
-        HeartbeatService(server, reactor, prepare_frame).setServiceParent(self)
+        HeartbeatService(server, reactor, prepare_heartbeat).setServiceParent(self)
         RevocationService(
             settings.key_check_interval, server.keys, lambda: list(server.sessions), reactor
         ).setServiceParent(self)

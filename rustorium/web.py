@@ -7,8 +7,9 @@ page a client would take for success: a WebSocket handshake on any other
 path gets 404 naming C{/v1}, and a plain request to C{/v1} gets 426 Upgrade
 Required, before any key is checked.
 
-The site's access log never shows query strings, because the API key may
-travel in one (C{?api_key=...}).
+The site's access log never shows query strings or fragments, because the
+API key may travel in one (C{?api_key=...}, or C{#api_key=...} from a
+hand-made client).
 """
 
 from typing import Any
@@ -19,6 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from . import __version__
+from .admission import GuardedSite
 from .websocket import API_PATH, RustoriumServerFactory
 
 _API_CHILD = API_PATH.lstrip("/").encode("ascii")
@@ -87,11 +89,11 @@ class Root(Resource):
 
 def redacted_log_formatter(timestamp: str, request: http.Request) -> str:
     """
-    Twisted's combined log format, with the query string cut from the
-    request line (it may hold an API key).
+    Twisted's combined log format, with the query string and any fragment
+    cut from the request line (either may hold an API key).
     """
     uri = request.uri
-    request.uri = uri.split(b"?", 1)[0]
+    request.uri = uri.split(b"?", 1)[0].split(b"#", 1)[0]
     try:
         return http.combinedLogFormatter(timestamp, request)
     finally:
@@ -125,7 +127,7 @@ def build_site(
     root.putChild(_API_CHILD, WebSocketEndpoint(factory))
     root.putChild(b"healthz", health)
     root.putChild(b"metrics", metrics)
-    site = Site(root, logFormatter=redacted_log_formatter)
+    site = GuardedSite(factory.admission, root, logFormatter=redacted_log_formatter)
     site.timeOut = timeout
     site.displayTracebacks = False
     return site

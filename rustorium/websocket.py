@@ -14,10 +14,18 @@ the transport's streaming producer: when the transport's buffer
 passes its bound Twisted pauses it, and until it resumes, updates on prices
 and volumes are conflated to the newest per key while transaction updates
 and replies are kept, up to C{max-backlog} bytes; past that the connection
-is closed with 4101 (its subscriptions stay resumable). Memory per reader
-stays bounded however slowly it reads.
+is closed with 4101 (its subscriptions stay resumable). Autobahn's own
+writes (pongs) count against that bound too. Memory per reader stays
+bounded however slowly it reads.
+
+Input: every frame a client sends, of any kind, takes a token of the
+connection's frame budget (C{frame-rate}, C{frame-burst}; past it, 4008)
+and counts as a sign of life for the silence timeout. The opening handshake
+has what is left of the deadline its connection got when it was accepted
+(L{rustorium.admission}).
 """
 
+import re
 import socket
 from typing import Any
 
@@ -30,10 +38,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import __version__
+from .admission import Admission, Ticket
 from .closecodes import CloseCode
 from .config import normalise_origin
 from .hub import Update
+from .logs import redact
 from .output import Flusher, Outlet, WriteThroughServer
+from .ratelimit import TokenBucket
 from .server import Server
 from .session import IConnection, Session
 from .storage.keys import ApiKey
@@ -49,6 +60,30 @@ def prepare_frame(payload: bytes) -> bytes:
     negotiated, so the same bytes serve everyone.)
     """
     return PreparedMessage(payload, False, False, True).payloadHybi
+
+
+PING_FRAME = b"\x89\x00"
+"""A WebSocket ping with no payload, as the server sends it (unmasked)."""
+
+
+def prepare_heartbeat(payload: bytes) -> bytes:
+    """
+    A heartbeat message's text frame followed by a WebSocket ping, framed
+    once for every connection: a client that answers either (its library
+    answers pings by itself) shows it is alive.
+    """
+    return prepare_frame(payload) + PING_FRAME
+
+
+_QUOTED_URI = re.compile(r'((?:fragment identifier|could not parse) )"[^"]*"')
+
+
+def _redacted_reason(reason: str) -> str:
+    """
+    A handshake failure's reason without what may be a key: Autobahn
+    quotes the fragment or the unparsable request URI in it, and logs it.
+    """
+    return redact(_QUOTED_URI.sub(r'\1"<redacted>"', reason))
 
 
 def _presented_key(request: Any) -> str | None:
@@ -97,14 +132,27 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
     _backlog: dict[object, bytes] | None = None
     _backlog_bytes = 0
     _held_replies = 0
+    # Set once the close frame is being sent: nothing counts as slow then.
+    _closing = False
     _opened_at = 0.0
+    # The place among the site's connections (rustorium.admission).
+    _ticket: Ticket | None = None
 
     def connectionMade(self) -> None:
         self.factory.open_connections.add(self)
+        ticket = self.factory.admission.claim(self.transport)
+        if ticket is not None:
+            # Taken over from the site's HTTP channel: the handshake's
+            # deadline counts from the connection, so Autobahn's own timer
+            # gets only what is left of it.
+            self._ticket = ticket
+            self.openHandshakeTimeout = ticket.remaining()
         super().connectionMade()
 
     def connectionLost(self, reason: Any) -> None:
         self.factory.open_connections.discard(self)
+        if self._ticket is not None:
+            self._ticket.release(self.transport)
         if self._api_key is not None:
             counts = self.factory.api_server.connections_per_key
             counts[self._api_key.key_id] -= 1
@@ -146,6 +194,11 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         return d
 
     def _authenticated(self, api_key: ApiKey | None) -> None:
+        if self.state == self.STATE_CLOSED:
+            # The client left while its key was looked up: connectionLost
+            # has run, so a slot counted now would never be given back
+            # (and Autobahn would open a session on the dead connection).
+            raise ConnectionDeny(400, "the connection closed during the handshake")
         if api_key is None:
             self._log.info("Refused a handshake from {peer}: unknown or revoked API key",
                            peer=self.peer)
@@ -164,6 +217,10 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         counts[api_key.key_id] += 1
         self._api_key = api_key
 
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        # Autobahn logs the reason (twice); it may quote the request URI.
+        super().failHandshake(_redacted_reason(reason), code, responseHeaders)
+
     def _authentication_failed(self, failure: Failure) -> None:
         self._log.failure("Checking an API key failed", failure)
         raise ConnectionDeny(503, "cannot check API keys right now; try again shortly")
@@ -179,6 +236,49 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             # onOpen runs in a Deferred chain with no errback: log here.
             self._log.failure("Opening a session failed")
             self.sendClose(int(CloseCode.INTERNAL_ERROR), "internal error")
+
+    def onFrameBegin(self) -> None:
+        """
+        Every frame the client sends, of any kind, takes one token from the
+        connection's frame budget (C{frame-rate}, C{frame-burst}), and
+        shows that the client is alive (pongs to the server's pings too).
+        """
+        if not self._frames.take():
+            self._frame_flood()
+        session = self.session
+        if session is not None:
+            server = self.factory.api_server
+            server.sessions.touch(session, server.clock.seconds())
+        super().onFrameBegin()
+
+    def _frame_flood(self) -> None:
+        """
+        The client sent frames past its budget: close it with 4008 and
+        read nothing more from it (not even the rest of this read), so a
+        flood costs no more CPU; the close timeout drops the connection if
+        the client never reads the close frame.
+        """
+        if self.state == _OPEN:
+            self._log.info(
+                "Closing {peer} (key {key_name}): more than {burst} frames at once "
+                "or {rate:g} a second",
+                peer=self.peer, key_name=self._api_key.name,
+                burst=self.factory.api_server.settings.frame_burst,
+                rate=self.factory.api_server.settings.frame_rate,
+            )
+            self.factory.api_server.counters.frame_floods += 1
+            reason = "too many frames; fix the client before reconnecting"
+            if self.session is not None:
+                self.session.close(CloseCode.POLICY_VIOLATION, reason)
+            else:
+                self.close(int(CloseCode.POLICY_VIOLATION), reason)
+        self.data = b""
+        self.transport.pauseProducing()
+
+    def onOpenHandshakeTimeout(self) -> None:
+        if self.state == self.STATE_CONNECTING:
+            self.factory.api_server.counters.handshake_timeouts += 1
+        super().onOpenHandshakeTimeout()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
@@ -247,7 +347,10 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         if self.state == _OPEN:
+            paused = self._paused
             self._write(data)
+            if paused:
+                self._unsent(len(data))
         self._refresh_direct()
 
     def _refresh_direct(self) -> None:
@@ -276,6 +379,7 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
 
     def close(self, code: int, reason: str) -> None:
         if self.state == _OPEN:
+            self._closing = True
             self.flush()
             self.sendClose(code, reason)
 
@@ -298,10 +402,14 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
 
     def _start_output(self) -> None:
         """
-        Set up the output path of an open connection: batches, direct
-        writes, backpressure and the socket's send buffer (also used by the
-        conformance echo mode, conformance/echo_server.py).
+        Set up an open connection: its frame budget, and its output path
+        (batches, direct writes, backpressure and the socket's send buffer).
+        Also used by the conformance echo mode, conformance/echo_server.py.
         """
+        settings = self.factory.api_server.settings
+        self._frames = TokenBucket(
+            settings.frame_rate, settings.frame_burst, self.factory.reactor.seconds
+        )
         transport = self.transport
         self._out = []
         self._write = transport.write
@@ -343,6 +451,21 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
     def sendCloseFrame(self, *args: Any, **kwargs: Any) -> None:
+        """
+        Send what is queued, then the close frame: replies queued for the
+        end of this turn (or held while paused) answer requests that came
+        before whatever closes the connection, a protocol error included
+        (a client that pipelines a good request and a bad frame gets the
+        reply, then the close).
+        """
+        if self.state == _OPEN:
+            self._closing = True
+            self.flush()
+            backlog = self._backlog
+            if backlog:
+                self._backlog = {}
+                self._backlog_bytes = 0
+                self._write(b"".join(backlog.values()))
         self.sink.direct = False
         super().sendCloseFrame(*args, **kwargs)
 
@@ -364,6 +487,28 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         self._out = None
         self._backlog = None
 
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """
+        Autobahn's own writes (pongs, close frames, the handshake response)
+        go straight to the transport: while it has paused us they pile up
+        there, so they count against C{max-backlog} as held frames do. A
+        client that pings and never reads is closed (4101) rather than
+        growing the server without limit.
+        """
+        paused = self._paused
+        super().sendData(data, sync, chopsize)
+        if paused:
+            self._unsent(len(data))
+
+    def _unsent(self, size: int) -> None:
+        """
+        Count C{size} bytes written to the transport while it has paused us
+        (so it holds them unsent) against C{max-backlog}.
+        """
+        self._backlog_bytes += size
+        if self._backlog_bytes > self.factory.api_server.settings.max_backlog:
+            self._slow_consumer()
+
     def _hold(self, key: object, frame: bytes) -> None:
         backlog = self._backlog
         if isinstance(key, str):
@@ -374,21 +519,26 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             backlog[key] = frame
             return
         backlog[key] = frame
-        self._backlog_bytes += len(frame)
-        if self._backlog_bytes > self.factory.api_server.settings.max_backlog:
-            self._slow_consumer()
+        self._unsent(len(frame))
 
     def _slow_consumer(self) -> None:
+        if self._closing or self.state != _OPEN:
+            # The close frame is on its way; the close timeout drops the
+            # connection if the client never reads it.
+            return
         self._log.info("Closing {peer} (key {key_name}): it reads too slowly",
                        peer=self.peer, key_name=self._api_key.name)
         self.factory.api_server.counters.slow_consumers += 1
         self._backlog = {}
         self._backlog_bytes = 0
+        reason = "reading too slowly; reconnect and resume"
         session = self.session
+        # The close frame queues behind what the client has not read;
+        # Autobahn's close timeout drops the connection if it never does.
         if session is not None:
-            # The close frame queues behind what the client has not read;
-            # Autobahn's close timeout drops the connection if it never does.
-            session.close(CloseCode.SLOW_CONSUMER, "reading too slowly; reconnect and resume")
+            session.close(CloseCode.SLOW_CONSUMER, reason)
+        else:
+            self.close(int(CloseCode.SLOW_CONSUMER), reason)
 
 
 class RustoriumServerFactory(WebSocketServerFactory):
@@ -413,6 +563,7 @@ class RustoriumServerFactory(WebSocketServerFactory):
         self.flusher = Flusher(self.reactor)
         self.open_connections: set[RustoriumServerProtocol] = set()
         settings = api_server.settings
+        self.admission = Admission(settings, self.reactor, api_server.counters)
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_message_size,
             maxMessagePayloadSize=settings.max_message_size,

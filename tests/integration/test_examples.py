@@ -156,3 +156,36 @@ def test_watch_and_transfer(server):
     assert re.fullmatch(rf"transaction confirmed in block \d+: 1\.5 MTK from {alice} to {bob}",
                         confirmed), confirmed
     assert balances == [f"balance of {alice}: 599998.5 MTK", f"balance of {bob}: 400001.5 MTK"]
+
+
+STAYS_FOR = 5.5
+"""Seconds the examples run against a server with 1-second heartbeats: more
+than three intervals, the silence timeout."""
+
+
+def test_python_example_stays_connected(start_server, tmp_path):
+    """
+    The spec's Python example never answers a heartbeat, but its library
+    answers the server's WebSocket pings: it is not closed as silent.
+    """
+    server = start_server("--tick-interval", "0.2", "--heartbeat-interval", "1")
+    script = tmp_path / "example.py"
+    script.write_text(PYTHON_EXAMPLE.replace(SPEC_URL, f"{server.url}?api_key={server.demo_key()}"))
+    output = run_for([sys.executable, str(script)], STAYS_FOR, tmp_path)
+    assert "'type': 'subscription_confirmation'" in output, output
+    assert "ConnectionClosed" not in output and "nothing received" not in output, output
+    assert len(re.findall(r"'type': 'heartbeat'", output)) >= 4, output
+
+
+def test_node_example_stays_connected(start_server, tmp_path, node_modules):
+    """
+    The same for the spec's Node.js example (ws answers pings by itself).
+    """
+    server = start_server("--tick-interval", "0.2", "--heartbeat-interval", "1")
+    script = tmp_path / "example.js"
+    script.write_text(NODE_EXAMPLE.replace(SPEC_URL, f"{server.url}?api_key={server.demo_key()}"))
+    (tmp_path / "node_modules").symlink_to(node_modules)
+    output = run_for(["node", str(script)], STAYS_FOR, tmp_path)
+    assert "type: 'subscription_confirmation'" in output, output
+    assert "Connection closed" not in output, output
+    assert len(re.findall(r"type: 'heartbeat'", output)) >= 4, output

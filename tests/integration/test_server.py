@@ -13,6 +13,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.integration.client import Client, http_get
 from tests.integration.conftest import BIN, environment
+from tests.integration.raw import close_code, raw_client
 
 MTK = "0x00000000000000000000000000000000004d544b"
 CLEAN_EXIT = (0, -signal.SIGTERM)
@@ -153,15 +154,18 @@ class TestLifecycle:
         """
         server = start_server("--heartbeat-interval", "1")
         key = server.demo_key()
-        with Client(server.url, key) as answering, Client(server.url, key) as silent:
+        # Silent: a raw socket that answers nothing, not even the server's
+        # WebSocket pings (which client libraries answer by themselves).
+        silent = raw_client(server.port, key)
+        with Client(server.url, key) as answering:
             started = time.monotonic()
             while time.monotonic() - started < 4.5:
                 beat = answering.until(lambda m: m["type"] == "heartbeat")
                 assert set(beat) == {"type", "data"}
                 answering.send({"type": "heartbeat_response",
                                 "data": {"timestamp": beat["data"]["timestamp"]}})
-            code, reason = silent.wait_closed()
-            assert code == 4100, reason
+            assert close_code(silent) == 4100
+            silent.close()
             assert 3 <= time.monotonic() - started
             assert answering.request("ping")["type"] == "pong"
 

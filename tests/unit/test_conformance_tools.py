@@ -19,8 +19,8 @@ from tests.helpers import make_server
 from tests.unit.test_websocket import Transport, client_frame, handshake, server_frames, status
 
 # Attributes of a factory that are not protocol options.
-NOT_OPTIONS = {"api_server", "flusher", "path", "protocol", "perMessageCompressionAccept",
-               "reactor", "_batched_timer", "countConnections"}
+NOT_OPTIONS = {"admission", "api_server", "flusher", "path", "protocol",
+               "perMessageCompressionAccept", "reactor", "_batched_timer", "countConnections"}
 
 
 def options(factory) -> dict:
@@ -43,16 +43,17 @@ def test_echo_mode_has_the_production_options(clock, limit):
     assert production.perMessageCompressionAccept([offer]) is None
 
 
-def test_echo_mode_raises_only_the_message_limit():
+def test_echo_mode_raises_only_the_message_limit_and_frame_budget():
     """
-    The echo mode changes max-message-size and no other setting.
+    The echo mode changes max-message-size and the frame budget, and no
+    other setting.
     """
     echo = echo_factory().api_server.settings
     defaults = Settings()
     changed = {
         a.name for a in attrs.fields(Settings) if getattr(echo, a.name) != getattr(defaults, a.name)
     }
-    assert changed == {"max_message_size"}
+    assert changed == {"max_message_size", "frame_rate", "frame_burst"}
     assert echo.max_message_size == 16 * 1024 * 1024
 
 

@@ -5,6 +5,7 @@ subscriptions, commands, validation, every error code, rate limits.
 
 import pytest
 
+from rustorium.admission import default_max_connections
 from rustorium.closecodes import CloseCode
 from rustorium.hub import channel_key
 from rustorium.requests import Ping
@@ -327,7 +328,11 @@ class TestCommands:
         assert data["limits"] == {"max_subscriptions": 100, "rate_limit": 10.0,
                                   "rate_burst": 10, "key_rate_limit": 100.0,
                                   "key_rate_burst": 200, "max_detached_per_key": 1000,
-                                  "max_message_size": 65536}
+                                  "max_message_size": 65536,
+                                  "frame_rate": 500.0, "frame_burst": 2000,
+                                  "max_backlog": 1048576, "handshake_timeout": 10.0,
+                                  "max_connections": default_max_connections(),
+                                  "max_handshakes_per_address": 256}
         assert data["usage"] == {"subscriptions": 1, "rate_tokens": 8.0,
                                  "key_rate_tokens": 198.0}
         assert set(data["markets"]) == {"MTK/USD", "STK/USD", "RST/USD"}
