@@ -436,7 +436,6 @@ class Feed:
                 "Detaching subscription {id} failed", subscription.subscription_id,
             )
             return False
-        subscription.session = self
         self.subscriptions[subscription.subscription_id] = subscription
         self._by_topics[subscription.channel, subscription.topics] = subscription
         app.attached[subscription.subscription_id] = self

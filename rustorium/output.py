@@ -21,7 +21,7 @@ The output path to the socket, where fan-out spends its time.
   write at the end of the turn.
 
 (Batches of updates are coalesced per connection by the hub, see
-L{rustorium.hub.IHub.publish_batch}, so one write carries a whole tick.)
+L{rustorium.fanout.Fanout.deliver}, so one write carries a whole tick.)
 """
 
 import socket
