@@ -59,6 +59,26 @@ def reserve_message_ids(txn, ceiling: int) -> None:
     set_meta(txn, MESSAGE_ID_CEILING, str(ceiling))
 
 
+def raise_message_ceiling(txn, count: int) -> int:
+    """
+    Raise the durable message id ceiling by C{count}, atomically, and
+    return the new ceiling: the numbers from C{ceiling - count + 1} to it
+    belong to the caller alone, whichever node asks at the same time (the
+    cluster's broker numbers from such blocks).
+    """
+    txn.execute(
+        "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + ? AS TEXT) WHERE name = ? "
+        "RETURNING value",
+        (count, MESSAGE_ID_CEILING),
+    )
+    row = txn.fetchone()
+    if row is None:
+        txn.execute("INSERT INTO meta (name, value) VALUES (?, ?)",
+                    (MESSAGE_ID_CEILING, str(count)))
+        return count
+    return int(row[0])
+
+
 def prepare_database(engine: SqliteEngine, genesis_path: str | None) -> Prepared:
     """
     Make the database ready to serve.

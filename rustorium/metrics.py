@@ -176,6 +176,9 @@ class HealthPage(Resource):
         if not self._server.ready:
             request.setResponseCode(503)
             return orjson.dumps({"status": "starting"})
+        if not self._server.broker_ready:
+            request.setResponseCode(503)
+            return orjson.dumps({"status": "broker unavailable"})
         d = self._check_database()
 
         def healthy(_: object) -> None:

@@ -99,6 +99,8 @@ class Server:
 
     @ivar ready: whether the service has started; handshakes are refused
         with 503 until it has.
+    @ivar broker_ready: whether the broker is reachable; handshakes are
+        refused with 503 while it is not.
     @ivar key_buckets: each API key's message budget, shared by all its
         connections and kept across reconnects.
     """
@@ -113,6 +115,7 @@ class Server:
         self.sessions = SessionRegistry()
         self.version = app.version
         self.ready = False
+        self.broker_ready = True
         self.counters = Counters()
         self.connections_per_key: Counter[int] = Counter()
         self.key_buckets = KeyBuckets(settings.key_rate_limit, settings.key_rate_burst,

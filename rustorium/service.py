@@ -33,6 +33,7 @@ from .bootstrap import (
     MESSAGE_ID_BLOCK,
     create_demo_key,
     prepare_database,
+    raise_message_ceiling,
     reserve_message_ids,
 )
 from .broker.local import LocalBroker
@@ -50,8 +51,10 @@ from .metrics import HealthPage, MetricsPage, make_registry
 from .nodes import NodeAnnouncer
 from .output import listening_reactor
 from .server import Server
+from .shared_ledger import SharedLedger
 from .storage import Database, engine_from_url, run_blocking
 from .storage.lock import DatabaseLock, lock_database
+from .storage.shared_ledger import POSTGRESQL
 from .timestamps import isoformat
 from .web import WebSocketEndpoint, build_site
 from .websocket import RustoriumServerFactory, prepare_frame, prepare_heartbeat
@@ -134,21 +137,113 @@ def sources_lease(settings: Settings) -> float:
     return max(2 * settings.block_interval, 2 * settings.tick_interval, 1.0)
 
 
+BROKER_RETRY = 1.0
+"""Seconds between attempts to reach the broker at start."""
+
+
 class BrokerService(Service):
     """
-    Starts and stops the broker with the server.
+    Starts and stops the broker with the server. A broker that cannot be
+    reached at start is tried again every second meanwhile; until it
+    answers, C{ready(False)} holds handshakes and health checks at 503.
     """
 
-    def __init__(self, broker: Any) -> None:
-        self._broker = broker
+    log = Logger()
 
-    def startService(self) -> Deferred:
+    def __init__(self, broker: Any, ready: Any, clock: Any) -> None:
+        self._broker = broker
+        self._ready = ready
+        self._clock = clock
+        self._retry: Any = None
+
+    def startService(self) -> None:
         super().startService()
-        return self._broker.start()
+        self._start()
+
+    def _start(self) -> None:
+        self._retry = None
+        self._ready(False)
+        d = self._broker.start()
+
+        def started(_: object) -> None:
+            self._ready(True)
+
+        def failed(failure: Any) -> None:
+            if not self.running:
+                return
+            self.log.warn("Cannot reach the broker ({error}); trying again in {delay:g} s",
+                          error=failure.getErrorMessage(), delay=BROKER_RETRY)
+            self._retry = self._clock.callLater(BROKER_RETRY, self._start)
+
+        d.addCallbacks(started, failed)
 
     def stopService(self) -> Deferred:
         super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         return self._broker.stop()
+
+
+def make_broker(
+    settings: Settings, reactor: Any, node: str, ids: MessageIds, database: Database
+) -> Any:
+    """
+    The broker C{settings.broker} names: in-process, or Redis.
+    """
+    if settings.broker == "local":
+        return LocalBroker(
+            reactor, ids, node, prepare_frame,
+            history_size=settings.history_size, history_age=settings.history_age,
+            resume_window=settings.resume_window,
+            max_detached_per_key=settings.max_detached_per_key,
+        )
+    # Imported only here: txredisapi installs the default reactor when
+    # imported, which must not happen before twistd installs its own.
+    from .broker.redis import RedisBroker
+
+    return RedisBroker(
+        reactor, settings.broker, node, prepare_frame,
+        reserve_ids=lambda count: database.run(raise_message_ceiling, count),
+        history_size=settings.history_size, history_age=settings.history_age,
+        resume_window=settings.resume_window,
+        max_detached_per_key=settings.max_detached_per_key,
+    )
+
+
+def make_ledger(
+    settings: Settings, reactor: Any, engine: Any, database: Database, catalog: Catalog,
+    prepared: Any, announce: Any,
+) -> Any:
+    """
+    The ledger for the database: on SQLite, one process holds the balances
+    in memory (the fastest); on PostgreSQL, the database guards them for
+    every node.
+    """
+    if engine.name == "sqlite":
+        return Ledger(
+            catalog, DatabaseLedgerStore(database), announce, reactor, prepared.ledger,
+            commit_batch=settings.commit_batch,
+        )
+    return SharedLedger(
+        catalog, database, POSTGRESQL, reactor, announce, settings.block_interval,
+        commit_batch=settings.commit_batch,
+    )
+
+
+class _LoadVolume(Service):
+    """
+    When this node takes over the sources, read the day's confirmed
+    volume, for the token updates it is about to publish.
+    """
+
+    def __init__(self, ledger: Any) -> None:
+        self._ledger = ledger
+
+    def startService(self) -> None:
+        super().startService()
+        load = getattr(self._ledger, "load_volume", None)
+        if load is not None:
+            load().addErrback(lambda f: log.failure("Reading the day's volume failed", f))
 
 
 def _ping_database(txn: Any) -> None:
@@ -216,24 +311,20 @@ class RustoriumService(MultiService):
             reserve=lambda ceiling: database.run(reserve_message_ids, ceiling),
         )
         self.node = node = settings.node_name or default_node_name()
-        broker = LocalBroker(
-            reactor, ids, node, prepare_frame,
-            history_size=settings.history_size, history_age=settings.history_age,
-            resume_window=settings.resume_window,
-            max_detached_per_key=settings.max_detached_per_key,
-        )
+        broker = make_broker(settings, reactor, node, ids, database)
         catalog = Catalog(prepared.tokens)
-        ledger = Ledger(
-            catalog, DatabaseLedgerStore(database),
-            lambda rows: app.announce_transactions(rows), reactor, prepared.ledger,
-            commit_batch=settings.commit_batch,
+        ledger = make_ledger(
+            settings, reactor, engine, database, catalog, prepared,
+            lambda rows: app.announce_transactions(rows),
         )
         self.app = app = Application(settings, reactor, node, catalog, ledger, broker, Fanout())
         self.server = server = Server(app, KeyStore(database))
         app.on_lost = self._broker_lost
-        BrokerService(broker).setServiceParent(self)
+        broker.on_restored = self._broker_restored
+        BrokerService(broker, self._broker_ready, reactor).setServiceParent(self)
 
         sources = MultiService()
+        _LoadVolume(ledger).setServiceParent(sources)
         MarketService(
             catalog, app.publish, reactor, settings.tick_interval, settings.market_seed,
             ledger.volume_24h,
@@ -298,12 +389,20 @@ class RustoriumService(MultiService):
             "connections": len(self.server.sessions),
         }
 
+    def _broker_ready(self, ready: bool) -> None:
+        self.server.broker_ready = ready
+
+    def _broker_restored(self) -> None:
+        log.info("The broker is reachable again")
+        self.server.broker_ready = True
+
     def _broker_lost(self, reason: str) -> None:
         """
         This node may have missed updates (its link to the broker dropped):
         close every connection with a reconnect code, so that each client
         resumes by replay, here once the link is back or on another node.
         """
+        self.server.broker_ready = False
         sessions = list(self.server.sessions)
         log.warn("Lost the broker ({reason}): closing {count} connections so they resume",
                  reason=reason, count=len(sessions))

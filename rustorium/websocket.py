@@ -172,6 +172,10 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
 
     def _check_handshake(self, request: Any) -> "Deferred[None]":
         server: Server = self.factory.api_server
+        if not server.broker_ready:
+            raise ConnectionDeny(
+                503, "this node cannot reach the cluster's broker; try another node or later"
+            )
         if not server.ready:
             raise ConnectionDeny(503, "the server is starting; try again shortly")
         path = self.factory.path

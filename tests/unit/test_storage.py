@@ -250,3 +250,18 @@ class TestLedgerRows:
         assert run_blocking(engine, find_transaction, "0x" + "3" * 64) is None
         again = TransactionRow(4, "0x" + "4" * 64, a, b, token, 1, "pending", live, None, 1.0)
         assert run_blocking(engine, insert_transactions, [again]) == set()
+
+
+def test_message_id_blocks_are_raised_atomically(engine):
+    """
+    Each call raises the durable ceiling by its count and gets the new
+    ceiling: consecutive callers get disjoint blocks above every number
+    issued before.
+    """
+    from rustorium.bootstrap import raise_message_ceiling
+
+    prepared = prepare_database(engine, None)
+    first = run_blocking(engine, raise_message_ceiling, 1000)
+    second = run_blocking(engine, raise_message_ceiling, 10)
+    assert first == prepared.message_id_ceiling + 1000
+    assert second == first + 10
