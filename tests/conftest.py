@@ -47,3 +47,12 @@ def clock():
     fake.advance(1_700_000_000)
     with replace_loop(fake):
         yield fake
+
+
+# Throwaway PostgreSQL and Redis servers (tests/services.py).
+from tests.services import (  # noqa: E402, F401
+    postgres_server,
+    postgres_url,
+    redis_server,
+    redis_url,
+)
