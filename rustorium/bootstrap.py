@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from .apikeys import generate_key, hash_key
 from .genesis import Genesis, demo_genesis, load_genesis
 from .rolling import DAY
-from .storage import SqliteEngine, prepare_schema
+from .storage import IDatabaseEngine, prepare_schema
 from .storage.chain import TokenRow, has_chain, load_tokens, write_genesis
 from .storage.keys import insert_key
 from .storage.ledger import LedgerSnapshot, load_ledger
@@ -54,7 +54,7 @@ def reserve_message_ids(txn, ceiling: int) -> None:
     set_meta(txn, MESSAGE_ID_CEILING, str(ceiling))
 
 
-def prepare_database(engine: SqliteEngine, genesis_path: str | None) -> Prepared:
+def prepare_database(engine: IDatabaseEngine, genesis_path: str | None) -> Prepared:
     """
     Make the database ready to serve.
 
@@ -66,14 +66,18 @@ def prepare_database(engine: SqliteEngine, genesis_path: str | None) -> Prepared
     """
     connection = engine.connect()
     try:
-        prepare_schema(connection, engine.path)
+        prepare_schema(engine, connection)
         cursor = connection.cursor()
+        # Under the start-up lock: of nodes starting on one empty database,
+        # one writes the genesis (and the demo key), and each reserves its
+        # own message ids.
+        engine.begin_exclusive(cursor)
         demo_key = genesis_source = None
         if has_chain(cursor):
             if genesis_path is not None:
                 log.info(
                     "The database {path} already holds a chain; ignoring the genesis {genesis}",
-                    path=engine.path, genesis=genesis_path,
+                    path=engine.location, genesis=genesis_path,
                 )
         else:
             genesis = load_genesis(genesis_path) if genesis_path else demo_genesis()
@@ -83,7 +87,7 @@ def prepare_database(engine: SqliteEngine, genesis_path: str | None) -> Prepared
                 demo_key = _create_demo_key(cursor, genesis)
             log.info(
                 "Initialised {path} from the {source} ({count} tokens)",
-                path=engine.path, source=genesis.source, count=len(genesis.tokens),
+                path=engine.location, source=genesis.source, count=len(genesis.tokens),
             )
         ceiling = int(get_meta(cursor, MESSAGE_ID_CEILING) or 0)
         reserve_message_ids(cursor, ceiling + MESSAGE_ID_BLOCK)

@@ -65,7 +65,7 @@ def _engine(url: str):
     engine = engine_from_url(url)
     connection = engine.connect()
     try:
-        prepare_schema(connection, engine.path)
+        prepare_schema(engine, connection)
     finally:
         connection.close()
     return engine
