@@ -156,7 +156,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen", _endpoints,
             "Twisted server endpoint strings to listen on (repeatable flag)."),
     Setting("database", _text,
-            "Database URL: sqlite:PATH."),
+            "Database URL: sqlite:PATH or postgresql://USER@HOST:PORT/DATABASE."),
     Setting("genesis", _optional_text,
             "Genesis JSON file for an empty database (default: the built-in demo)."),
     Setting("heartbeat-interval", _positive_seconds,
