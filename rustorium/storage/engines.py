@@ -35,9 +35,9 @@ class IDatabaseEngine(Interface):
     location = Attribute("Where the data is, for messages: a file, or a URL without password.")
     column_types = Attribute(
         "How this engine spells the column types the schema scripts name in braces: "
-        "C{{id_key}} (a 64-bit primary key the database assigns), C{{int_key}} (a "
-        "64-bit primary key the server assigns) and C{{amount}} (an exact integer "
-        "of up to 78 digits)."
+        "id_key (a 64-bit primary key the database assigns), int_key (a 64-bit "
+        "primary key the server assigns) and amount (an exact integer of up to 78 "
+        "digits)."
     )
 
     def pool_kwargs() -> dict[str, Any]:
@@ -190,9 +190,10 @@ STARTUP_LOCK = 0x7275_7374_6F72_6975
 @lru_cache(maxsize=1024)
 def qmark_to_format(statement: str) -> str:
     """
-    Rewrite C{?} placeholders as psycopg's C{%s}, and C{%} as C{%%}, outside
-    quoted literals and identifiers (where C{?} is text and C{%} is escaped
-    alike, psycopg reading the whole statement).
+    Rewrite C{?} placeholders as psycopg's C{%s} outside quoted literals and
+    identifiers, and every C{%} as C{%%} (psycopg reads the whole statement).
+    The storage layer's statements have no comments, where a quote would
+    mislead this.
     """
     out = []
     quote = None
