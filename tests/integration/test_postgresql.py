@@ -158,3 +158,36 @@ async def test_pool_reconnects_after_database_restart(own_postgres, logged_error
         assert await database.run(select) == 1
     finally:
         database.close()
+
+
+def test_server_across_a_database_crash(start_server, own_postgres):
+    """
+    While PostgreSQL is down, a transfer is refused at once with
+    internal_error (not left hanging, not acknowledged); once it is back,
+    the pool replaces its broken connections and transfers are accepted
+    and confirmed again, the ones from before the crash kept.
+    """
+    url = own_postgres.fresh_database()
+    server = start_server("--block-interval", "0.3", database=url)
+    transfer = {"from": ALICE, "to": CAROL, "amount": "1", "token_id": MTK}
+    with Client(server.url, server.demo_key()) as client:
+        assert client.request("execute_transaction", transfer)["data"]["status"] == "pending"
+        client.request("subscribe", {"channel": "transaction_updates", "address": CAROL})
+        client.until(lambda m: m["type"] == "update" and m["data"]["status"] == "confirmed")
+        own_postgres.kill()
+        refused = client.request("execute_transaction", transfer, timeout=10)
+        assert refused["data"]["code"] == "internal_error"
+        own_postgres.restart()
+        # Each pooled connection that finds itself broken fails one request.
+        for attempt in range(6):
+            reply = client.request("execute_transaction", transfer, request_id=attempt, timeout=10)
+            if reply["type"] == "transaction_response":
+                break
+            assert reply["data"]["code"] == "internal_error"
+        else:
+            raise AssertionError("transfers still refused after the database came back")
+        client.until(lambda m: m["type"] == "update" and m["data"]["status"] == "confirmed"
+                     and m["data"]["transaction_id"] == reply["data"]["transaction_id"],
+                     timeout=10)
+        balance = client.request("get_balance", {"address": CAROL, "token_id": MTK})
+        assert balance["data"]["balance"] == "2"
