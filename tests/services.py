@@ -96,6 +96,9 @@ class _ServerProcess:
         self.directory = Path(tempfile.mkdtemp(prefix=f"rustorium-{self.name}-"))
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
+        # The server's process group (its own, numbered by its leader's id)
+        # until it has been ended.
+        self._group: int | None = None
         self.log_path = self.directory / f"{self.name}.log"
 
     def command(self) -> list[str]:
@@ -118,16 +121,16 @@ class _ServerProcess:
         restarted server keeps its port, so URLs handed out stay valid).
         """
         attempts = 3 if self.port is None else 1
-        for attempt in itertools.count(1):
-            if self.port is None or attempt > 1:
+        for attempt in range(attempts):
+            if self.port is None or attempt > 0:
                 self.port = free_port()
             try:
                 self._start_once()
-                return self
+                break
             except ServiceUnavailable:
-                if attempt >= attempts:
+                if attempt == attempts - 1:
                     raise
-        raise AssertionError("unreachable")
+        return self
 
     def _start_once(self) -> None:
         with open(self.log_path, "ab") as log:
@@ -135,11 +138,12 @@ class _ServerProcess:
                 self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.directory, start_new_session=True, **self.popen_kwargs(),
             )
+        self._group = self.process.pid
         _running.add(self)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                _running.discard(self)
+                self._end_group()
                 raise ServiceUnavailable(
                     f"{self.name} exited at start (status {self.process.returncode}):\n"
                     + self.output()
@@ -161,37 +165,33 @@ class _ServerProcess:
         """
         Shut the server down cleanly, waiting for it to exit.
         """
-        if not self.running:
-            return
-        try:
+        if self.running:
             os.kill(self.process.pid, self.stop_signal)
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-        finally:
-            _running.discard(self)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
         # Children that outlive their leader (none should) go too.
-        self._killpg_leftovers()
+        self._end_group()
 
     def kill(self) -> None:
         """
         Kill the server and every process of its group at once (SIGKILL),
         as a crash would: nothing is flushed or closed.
         """
-        if self.process is None:
-            return
-        self._killpg_leftovers()
-        if self.process.poll() is None:
+        self._end_group()
+        if self.process is not None:
             self.process.wait(10)
-        _running.discard(self)
 
-    def _killpg_leftovers(self) -> None:
-        # The process group is the server's own, numbered by its leader.
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    def _end_group(self) -> None:
+        if self._group is not None:
+            try:
+                os.killpg(self._group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._group = None
+        _running.discard(self)
 
     def restart(self) -> "_ServerProcess":
         """
