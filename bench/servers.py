@@ -380,6 +380,11 @@ class RustoriumServer(Server):
             "# Written by bench/servers.py for one benchmark run.",
             "heartbeat-interval = 3600",
             "max-subscriptions = 100",
+            # Every simulated client shares one API key: lift the limits
+            # that stand for one customer.
+            "key-rate-limit = 1000000",
+            "key-rate-burst = 1000000",
+            "max-detached-per-key = 1000000",
         ]
         for key, value in (config or {}).items():
             lines.append(f"{key} = {json.dumps(value)}")

@@ -86,6 +86,8 @@ class RevocationService(TimerService):
         def close(revoked: set[int]) -> None:
             for session in sessions:
                 if session.api_key.key_id in revoked:
+                    self.log.info("Closing {peer} (key {key_name}): its API key was revoked",
+                                  peer=session.connection.peer, key_name=session.api_key.name)
                     session.close(CloseCode.KEY_REVOKED, "API key revoked")
 
         d.addCallback(close)

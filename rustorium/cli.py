@@ -2,14 +2,19 @@
 The ``rustorium`` command: managing API keys from a shell, and a
 command-line client of the API.
 
-    rustorium keys create [--database URL] [--name NAME] [--address 0x..]...
+    rustorium keys create [--database URL] [--create-database] [--name NAME] [--address 0x..]...
     rustorium keys list [--database URL]
     rustorium keys revoke [--database URL] KEY_ID
     rustorium listen [--url URL] [--api-key KEY] CHANNEL [PARAM...]
     rustorium call [--url URL] [--api-key KEY] [--timeout S] TYPE [JSON-DATA]
+    rustorium --version
 
 ``keys create`` prints the new key alone on the last line of standard
 output; it is shown only then. Keys work at once, also on a running server.
+The database must exist (the server creates it when it first starts):
+a mistyped ``--database``, or the command run in another directory, is an
+error rather than a new, empty database. ``keys create --create-database``
+makes one, for keys made before the server's first start.
 
 ``listen`` and ``call`` (in L{rustorium.client.commandline}) take the key
 from ``--api-key`` or ``RUSTORIUM_API_KEY`` and print JSON on standard
@@ -17,10 +22,12 @@ output: one update a line, or the reply.
 """
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
 
+from . import __version__
 from .apikeys import generate_key, hash_key
 from .client import commandline
 from .identifiers import normalise_address
@@ -41,6 +48,7 @@ def _address(value: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rustorium",
                                      description="Rustorium server tools and client.")
+    parser.add_argument("--version", action="version", version=f"rustorium {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     keys = commands.add_parser("keys", help="create, list and revoke API keys")
     actions = keys.add_subparsers(dest="action", required=True)
@@ -51,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     create = with_database(actions.add_parser("create", help="create a key and print it"))
+    create.add_argument("--create-database", action="store_true",
+                        help="create the database if it does not exist (by default that is "
+                             "an error, so that a mistyped --database makes no new one)")
     create.add_argument("--name", default="key", help="a name to recognise the key by")
     create.add_argument("--address", action="append", default=[], type=_address,
                         help="an address the key may send transactions from (repeatable)")
@@ -61,8 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _engine(url: str):
+class MissingDatabase(Exception):
+    """
+    The database named does not exist, and creating it was not asked for.
+    """
+
+
+def _engine(url: str, create: bool = False):
     engine = engine_from_url(url)
+    if engine.name == "sqlite" and not create and not os.path.exists(engine.path):
+        raise MissingDatabase(f"no database at {os.path.abspath(engine.path)} (--database {url})")
     connection = engine.connect()
     try:
         prepare_schema(engine, connection)
@@ -72,7 +91,7 @@ def _engine(url: str):
 
 
 def _keys(args: argparse.Namespace) -> int:
-    engine = _engine(args.database)
+    engine = _engine(args.database, create=getattr(args, "create_database", False))
     if args.action == "create":
         key = generate_key()
         key_id = run_blocking(
@@ -107,6 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commandline.run(args)
     try:
         return _keys(args)
+    except MissingDatabase as e:
+        if args.action == "create":
+            hint = "pass --create-database to create it"
+        else:
+            hint = "the server creates it when it first starts"
+        print(f"rustorium: {e}; {hint}", file=sys.stderr)
+        return 1
     except (DatabaseURLError, SchemaError) as e:
         print(f"rustorium: {e}", file=sys.stderr)
         return 1

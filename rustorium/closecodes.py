@@ -31,7 +31,10 @@ class CloseCode(IntEnum):
     SLOW_CONSUMER = 4101
     """The client read too slowly and its backlog passed the bound."""
     REPLAY_OVERTAKEN = 4102
-    """New updates evicted part of a replay before it was sent. Reconnect again."""
+    """No longer sent: replays are read whole when C{reconnect} is answered."""
+    BROKER_LOST = 4103
+    """The node lost its link to the cluster's broker and may have missed
+    updates. Reconnect (to any node) with backoff and resume."""
     INTERNAL_ERROR = 4110
     """The server failed on this connection. Reconnect with backoff."""
     SHUTTING_DOWN = 4200

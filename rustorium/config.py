@@ -111,6 +111,13 @@ def _whole(value: object) -> int:
     return number
 
 
+def _broker(value: object) -> str:
+    text = _text(value)
+    if text != "local" and not text.startswith(("redis://", "rediss://")):
+        raise ValueError('must be "local" or a URL such as "redis://127.0.0.1:6379/0"')
+    return text
+
+
 def _endpoints(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -157,6 +164,17 @@ SETTINGS: tuple[Setting, ...] = (
             "Twisted server endpoint strings to listen on (repeatable flag)."),
     Setting("database", _text,
             "Database URL: sqlite:PATH or postgresql://USER@HOST:PORT/DATABASE."),
+    Setting("broker", _broker,
+            "Where nodes share message numbers, history and subscriptions: local "
+            "(this process only) or redis://HOST:PORT/DB (a cluster)."),
+    Setting("node-name", _optional_text,
+            "This node's name in the cluster (default: host and process id)."),
+    Setting("workers", _count,
+            "Worker processes sharing the listening ports on this host (more than 1 "
+            "needs a redis:// broker and a postgresql:// database)."),
+    Setting("reuse-port", _boolean,
+            "Listen with SO_REUSEPORT so several processes share a port (set for each "
+            "worker by --workers)."),
     Setting("genesis", _optional_text,
             "Genesis JSON file for an empty database (default: the built-in demo)."),
     Setting("heartbeat-interval", _positive_seconds,
@@ -189,6 +207,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Messages per second allowed per connection (token bucket refill rate)."),
     Setting("rate-burst", _count,
             "Messages a connection may send at once (token bucket size)."),
+    Setting("key-rate-limit", _positive_seconds,
+            "Messages per second allowed per API key across all its connections "
+            "(token bucket refill rate, kept across reconnects)."),
+    Setting("key-rate-burst", _count,
+            "Messages an API key's connections may send at once together (token bucket size)."),
+    Setting("max-detached-per-key", _count,
+            "Subscriptions of lost connections kept resumable per API key; past it the "
+            "oldest expire first."),
     Setting("flood-limit", _count,
             "Rate-limited messages within 10 seconds after which a connection is closed (4008)."),
     Setting("max-message-size", _count,
@@ -225,6 +251,10 @@ class Settings:
 
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     database: str = "sqlite:rustorium.db"
+    broker: str = "local"
+    node_name: str | None = None
+    workers: int = 1
+    reuse_port: bool = False
     genesis: str | None = None
     heartbeat_interval: float = 30.0
     heartbeat_timeout: float | None = None
@@ -240,6 +270,9 @@ class Settings:
     max_subscriptions: int = 100
     rate_limit: float = 10.0
     rate_burst: int = 10
+    key_rate_limit: float = 100.0
+    key_rate_burst: int = 200
+    max_detached_per_key: int = 1000
     flood_limit: int = 50
     max_message_size: int = 65536
     max_backlog: int = 1048576

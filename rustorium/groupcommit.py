@@ -14,10 +14,10 @@ from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 Row = TypeVar("Row")
-Done = Callable[[Failure | None], None]
+Done = Callable[[Any], None]
+"""Called with the result of the write that committed a row, or a Failure."""
 
 
 class GroupCommit(Generic[Row]):
@@ -30,7 +30,8 @@ class GroupCommit(Generic[Row]):
     def __init__(self, write: Callable[[list[Row]], Any], max_batch: int) -> None:
         """
         @param write: stores a list of rows durably; returns a Deferred that
-            fires once they are committed.
+            fires once they are committed (with a result every row's
+            C{done} is given).
         @param max_batch: the most rows in one commit.
         """
         self._write = write
@@ -41,9 +42,10 @@ class GroupCommit(Generic[Row]):
 
     def add(self, row: Row, done: Done) -> None:
         """
-        Queue a row; C{done(None)} is called once it is committed, or
-        C{done(failure)} with the reason it could not be. (A callback, not a
-        Deferred: this is on the path of every transaction.)
+        Queue a row; C{done(result)} is called with the result of the
+        C{write} that committed it, or C{done(failure)} with the reason it
+        could not be. (A callback, not a Deferred: this is on the path of
+        every transaction.)
         """
         self._queue.append((row, done))
         if not self._writing:
@@ -76,10 +78,9 @@ class GroupCommit(Generic[Row]):
         # the callbacks queue meanwhile), so that callers learn of their
         # rows strictly in the order they were added, even with a store
         # that completes at once.
-        failure = result if isinstance(result, Failure) else None
         for _, done in batch:
             try:
-                done(failure)
+                done(result)
             except Exception:
                 # One caller's failure must not keep the others waiting.
                 self.log.failure("Resolving a committed row failed")

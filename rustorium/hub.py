@@ -95,6 +95,9 @@ class Update:
     @ivar conflatable: whether a newer update on the same key makes this one
         redundant (prices and volumes), so that a slow reader may be sent
         only the newest; transaction events are never conflated.
+    @ivar also: the other keys this same update was published on (a
+        transfer's event on its recipient's address too): a subscriber of
+        several of them gets it once.
     """
 
     number: int
@@ -103,6 +106,15 @@ class Update:
     frame: Any
     published_at: float
     conflatable: bool = True
+    also: tuple[str, ...] = ()
+
+    @property
+    def shared(self) -> bool:
+        """
+        Whether it is retained in the histories of several keys, so that a
+        replay merging those keys must send it once.
+        """
+        return bool(self.also)
 
 
 class IHub(Interface):
@@ -119,6 +131,17 @@ class IHub(Interface):
             (prices and volumes are state; transaction events are not). An
             event nobody subscribes to or watches is dropped unnumbered and
             unencoded (C{None} is returned): nobody could ever receive it.
+        """
+
+    def publish_event(channel: str, keys: tuple[str, ...], data: dict) -> Update | None:
+        """
+        Publish one event (not retained, never conflated) that concerns
+        several keys, such as a transfer's, which concerns its sender's and
+        its recipient's address: it is numbered once, kept in the history
+        of each of the keys, and delivered once to each subscriber of any of
+        them, however many of them it subscribes to. Like L{publish} with
+        C{retain=False}, nothing is published if nobody hears any of the
+        keys (C{None} is returned).
         """
 
     def publish_batch(items: list[tuple[str, str, dict]]) -> list[Update]:
@@ -266,18 +289,23 @@ class _History:
     @ivar first: the absolute position of C{entries[0]}.
     @ivar evicted: the highest message number evicted so far (0 if none).
     @ivar watchers: how many subscriptions watch the key.
+    @ivar shared: how many of C{entries} are also in other keys' histories.
     """
 
-    __slots__ = ("entries", "evicted", "first", "watchers")
+    __slots__ = ("entries", "evicted", "first", "shared", "watchers")
 
     def __init__(self) -> None:
         self.entries: deque[Update] = deque()
         self.first = 0
         self.evicted = 0
         self.watchers = 0
+        self.shared = 0
 
     def evict_one(self) -> None:
-        self.evicted = self.entries.popleft().number
+        update = self.entries.popleft()
+        self.evicted = update.number
+        if update.shared:
+            self.shared -= 1
         self.first += 1
 
 
@@ -289,12 +317,15 @@ class Replay:
 
     @ivar lost: the (first, last) message numbers in which updates of this
         key may have been lost, or C{None} if the history is complete.
+    @ivar shared: whether some of these updates may also be in the replay
+        of another key (see L{Update.shared}).
     """
 
     history: _History | None
     start: int
     end: int
     lost: tuple[int, int] | None
+    shared: bool = False
 
     @property
     def count(self) -> int:
@@ -353,10 +384,12 @@ class LocalHub:
         self.on_fan_out: Callable[[float], None] | None = None
         """Called with the seconds each fan-out took (for metrics)."""
 
-    def _update(self, key: str, body: dict, published_at: float, conflatable: bool) -> Update:
+    def _update(self, key: str, body: dict, published_at: float, conflatable: bool,
+                also: tuple[str, ...] = ()) -> Update:
         number = self._ids.next()
         payload = orjson.dumps({"id": f"msg_{number}", "type": "update", "data": body})
-        return Update(number, key, payload, self._prepare(payload), published_at, conflatable)
+        return Update(number, key, payload, self._prepare(payload), published_at, conflatable,
+                      also)
 
     def _record(self, channel: str, key: str, data: dict, retain: bool, now: float,
                 timestamp: str) -> Update:
@@ -366,14 +399,19 @@ class LocalHub:
             self._latest[key] = (body, now)
         history = self._histories.get(key)
         if history is not None:
-            entries = history.entries
-            entries.append(update)
-            if len(entries) > self._history_size:
-                history.evict_one()
-            horizon = now - self._history_age
-            while entries[0].published_at < horizon:
-                history.evict_one()
+            self._remember(history, update, now)
         return update
+
+    def _remember(self, history: _History, update: Update, now: float) -> None:
+        entries = history.entries
+        entries.append(update)
+        if update.shared:
+            history.shared += 1
+        if len(entries) > self._history_size:
+            history.evict_one()
+        horizon = now - self._history_age
+        while entries[0].published_at < horizon:
+            history.evict_one()
 
     def heard(self, key: str) -> bool:
         return key in self._subscribers or key in self._histories
@@ -401,6 +439,49 @@ class LocalHub:
             except Exception:
                 self.log.failure("Delivering {key} failed", key=key)
         self._fanned_out(key, len(fanout), started)
+
+    def publish_event(self, channel: str, keys: tuple[str, ...], data: dict) -> Update | None:
+        heard = [key for key in dict.fromkeys(keys) if self.heard(key)]
+        if not heard:
+            return None
+        now = self._clock.seconds()
+        body = {"channel": channel, **data, "timestamp": isoformat(now)}
+        histories = [h for h in map(self._histories.get, heard) if h is not None]
+        update = self._update(heard[0], body, now, False,
+                              tuple(heard[1:]) if len(histories) > 1 else ())
+        for history in histories:
+            self._remember(history, update, now)
+        if len(heard) == 1:
+            self._fan_out(update)
+        else:
+            self._fan_out_once(update, heard)
+        return update
+
+    def _fan_out_once(self, update: Update, keys: list[str]) -> None:
+        """
+        Deliver to every subscriber of any of C{keys}, once each: a
+        subscriber of an earlier key is skipped at a later one. Only events
+        of several keys come here (a transfer between two watched
+        addresses), so single-key fan-out pays nothing for it.
+        """
+        started = perf_counter()
+        delivered = 0
+        earlier: list[dict[Hashable, ISink]] = []
+        for key in keys:
+            subscribers = self._subscribers.get(key)
+            if not subscribers:
+                continue
+            # A copy: delivering may unsubscribe (a connection closing).
+            for subscriber, sink in tuple(subscribers.items()):
+                if any(subscriber in seen for seen in earlier):
+                    continue
+                try:
+                    sink.deliver(update)
+                except Exception:
+                    self.log.failure("Delivering {key} failed", key=key)
+                delivered += 1
+            earlier.append(subscribers)
+        self._fanned_out(update.key, delivered, started)
 
     def _fanned_out(self, key: str, count: int, started: float) -> None:
         self.deliveries[key.partition(":")[0]] += count
@@ -497,7 +578,8 @@ class LocalHub:
             else:
                 high = middle
         lost = (after + 1, history.evicted) if history.evicted > after else None
-        return Replay(history, history.first + low, history.first + len(entries), lost)
+        return Replay(history, history.first + low, history.first + len(entries), lost,
+                      history.shared > 0)
 
     def expire_history(self) -> None:
         horizon = self._clock.seconds() - self._history_age

@@ -22,6 +22,7 @@ the same parameters and an error for a repeat with different ones.
 
 import random
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -30,12 +31,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from .amounts import AmountError, format_units, parse_units
+from .amounts import format_units
 from .catalog import Catalog, Token
 from .errors import ErrorCode, RequestError
 from .groupcommit import GroupCommit
-from .hub import IHub, channel_key
-from .requests import TRANSACTION_UPDATES, ExecuteTransaction
+from .requests import ExecuteTransaction
 from .rolling import DAY, RollingWindow
 from .storage import Database
 from .storage.keys import ApiKey
@@ -47,6 +47,7 @@ from .storage.ledger import (
     write_block,
 )
 from .timestamps import isoformat
+from .transfers import known_token, validate_transfer
 
 PENDING = "pending"
 CONFIRMED = "confirmed"
@@ -63,7 +64,9 @@ class ILedgerStore(Interface):
 
     def insert(rows: list[TransactionRow]) -> Deferred:
         """
-        Store accepted transactions durably.
+        Store accepted transactions durably, except those of API keys that
+        are revoked when they are stored (checked in the same database
+        transaction); fire with the set of those keys' ids.
         """
 
     def write_block(
@@ -142,7 +145,7 @@ class Ledger:
         self,
         catalog: Catalog,
         store: ILedgerStore,
-        hub: IHub,
+        announce: Callable[[list[TransactionRow]], None],
         clock: Any,
         snapshot: LedgerSnapshot,
         commit_batch: int = 1000,
@@ -150,7 +153,7 @@ class Ledger:
     ) -> None:
         self._catalog = catalog
         self._store = store
-        self._hub = hub
+        self._publish = announce
         self._clock = clock
         self._block_size = block_size
         self._confirmed: dict[tuple[str, str], int] = dict(snapshot.balances)
@@ -161,7 +164,7 @@ class Ledger:
         self._last_seq = snapshot.last_seq
         self.last_block = snapshot.last_block
         self._block_in_progress = False
-        self._announce: list[TransactionRow] = []
+        self._to_announce: list[TransactionRow] = []
         self._committer: GroupCommit[TransactionRow] = GroupCommit(store.insert, commit_batch)
         for row in snapshot.pending:
             self._reserve(row)
@@ -198,10 +201,7 @@ class Ledger:
         """
         @raise RequestError: C{not_found} for an unknown token.
         """
-        token = self._catalog.tokens.get(token_id)
-        if token is None:
-            raise RequestError(ErrorCode.NOT_FOUND, f"no token {token_id}")
-        return token
+        return known_token(self._catalog, token_id)
 
     def find(self, transaction_id: str) -> "Deferred[TransactionRow | None]":
         """
@@ -232,22 +232,7 @@ class Ledger:
 
         @raise RequestError: at once, for a request that is refused.
         """
-        token = self.token(request.token_id)
-        try:
-            amount = parse_units(request.amount, token.decimals)
-        except AmountError as e:
-            raise RequestError(ErrorCode.INVALID_PARAMS, f"execute_transaction: {e}") from None
-        if amount == 0:
-            raise RequestError(ErrorCode.INVALID_PARAMS,
-                               "execute_transaction: amount must be more than zero")
-        if request.sender == request.recipient:
-            raise RequestError(ErrorCode.INVALID_PARAMS,
-                               "execute_transaction: from and to are the same address")
-        if request.sender not in api_key.addresses:
-            raise RequestError(
-                ErrorCode.FORBIDDEN,
-                f"this API key may not send from {request.sender}",
-            )
+        token, amount = validate_transfer(self._catalog, api_key, request)
         parameters = (request.sender, request.recipient, request.token_id, amount)
         if request.idempotency_key is not None:
             repeat = self._repeat(api_key.key_id, request.idempotency_key, parameters)
@@ -278,13 +263,15 @@ class Ledger:
         return d
 
     def _stored(
-        self, failure: Failure | None, row: TransactionRow, entry: _Idempotent | None,
+        self, outcome: "set[int] | Failure", row: TransactionRow, entry: _Idempotent | None,
         d: "Deferred[TransactionRow]",
     ) -> None:
-        if failure is None:
-            d.callback(self._accepted(row, entry))
+        if isinstance(outcome, Failure):
+            d.errback(self._not_accepted(outcome, row, entry))
+        elif outcome and row.key_id in outcome:
+            d.errback(self._refused(row, entry))
         else:
-            d.errback(self._not_accepted(failure, row, entry))
+            d.callback(self._accepted(row, entry))
 
     def _repeat(self, key_id: int, idempotency_key: str, parameters: tuple) -> Deferred | None:
         entry = self._idempotent.get((key_id, idempotency_key))
@@ -324,9 +311,9 @@ class Ledger:
         self._pending.append(row)
         # Announce "pending" once the callers have answered, so a client
         # sees its transaction_response before updates about it.
-        if not self._announce:
+        if not self._to_announce:
             self._clock.callLater(0, self._announce_pending)
-        self._announce.append(row)
+        self._to_announce.append(row)
         if entry is not None:
             waiting, entry.waiting = entry.waiting, None
             for d in waiting:
@@ -338,11 +325,27 @@ class Ledger:
     ) -> RequestError:
         self.log.failure("Storing transaction {id} failed; it was not accepted", failure,
                          id=row.transaction_id)
-        self._release(row)
-        error = RequestError(
+        return self._forget(row, entry, RequestError(
             ErrorCode.INTERNAL_ERROR,
             "the transaction could not be stored and was not accepted; send it again",
-        )
+        ))
+
+    def _refused(self, row: TransactionRow, entry: _Idempotent | None) -> RequestError:
+        # The key was revoked after the request was checked but before its
+        # commit: the store left the row out.
+        return self._forget(row, entry, RequestError(
+            ErrorCode.FORBIDDEN,
+            "this API key has been revoked; the transaction was not accepted",
+        ))
+
+    def _forget(
+        self, row: TransactionRow, entry: _Idempotent | None, error: RequestError
+    ) -> RequestError:
+        """
+        Undo the acceptance of a row that was not stored: release its
+        reservation and its idempotency key, and fail repeats waiting for it.
+        """
+        self._release(row)
         if entry is not None:
             key = (row.key_id, row.idempotency_key)
             if self._idempotent.get(key) is entry:
@@ -352,9 +355,9 @@ class Ledger:
         return error
 
     def _announce_pending(self) -> None:
-        rows, self._announce = self._announce, []
-        for row in rows:
-            self._publish(row)
+        rows, self._to_announce = self._to_announce, []
+        if rows:
+            self._publish(rows)
 
     # Blocks
 
@@ -408,7 +411,7 @@ class Ledger:
             row.confirmed_at = now
             if status == CONFIRMED:
                 volume[row.token_id] = volume.get(row.token_id, 0) + row.amount
-            self._publish(row)
+        self._publish(batch)
         for token_id, amount in volume.items():
             self._volume[token_id].record(now, amount)
         self._forget_old_keys(now)
@@ -430,31 +433,6 @@ class Ledger:
                 old.append(key)
         for key in old:
             del self._idempotent[key]
-
-    def _publish(self, row: TransactionRow) -> None:
-        hub = self._hub
-        keys = [
-            key for key in (channel_key(TRANSACTION_UPDATES, row.sender),
-                            channel_key(TRANSACTION_UPDATES, row.recipient))
-            if hub.heard(key)
-        ]
-        if not keys:
-            return
-        token = self._catalog.tokens[row.token_id]
-        data: dict[str, object] = {
-            "transaction_id": row.transaction_id,
-            "status": row.status,
-            "from": row.sender,
-            "to": row.recipient,
-            "amount": format_units(row.amount, token.decimals),
-            "token_id": row.token_id,
-        }
-        if row.block_number is not None:
-            data["block_number"] = row.block_number
-        if row.reason is not None:
-            data["reason"] = row.reason
-        for key in keys:
-            hub.publish(TRANSACTION_UPDATES, key, data, retain=False)
 
 
 def describe_transaction(row: TransactionRow, token: Token) -> dict[str, object]:

@@ -78,9 +78,11 @@ class RedactingObserver:
 def json_observer() -> ILogObserver:
     """
     One JSON object per line on standard output (C{twisted.logger}'s
-    format, readable back with C{eventsFromJSONLogFile}).
+    event format, readable back with C{eventsFromJSONLogFile}), without
+    the RFC 7464 record separator Twisted puts before each by default, so
+    that every line is JSON to C{json.loads}, C{jq} and log shippers.
     """
-    return RedactingObserver(jsonFileLogObserver(sys.stdout))
+    return RedactingObserver(jsonFileLogObserver(sys.stdout, recordSeparator=""))
 
 
 def text_observer() -> ILogObserver:

@@ -20,9 +20,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from .amounts import format_units
+from .broker.interface import Publication
 from .catalog import Catalog, Market
 from .genesis import PRICE_DECIMALS
-from .hub import IHub, channel_key
+from .hub import channel_key
 from .requests import MARKET_DATA, TOKEN_UPDATES
 from .rolling import DAY, RollingWindow
 
@@ -112,13 +113,13 @@ class MarketService(Service):
     def __init__(
         self,
         catalog: Catalog,
-        hub: IHub,
+        publish: Callable[[list[Publication]], object],
         clock,
         tick_interval: float,
         seed: int,
         token_volume: Callable[[str], int],
     ) -> None:
-        self._hub = hub
+        self._publish_batch = publish
         self._clock = clock
         self._interval = tick_interval
         self._token_volume = token_volume
@@ -157,7 +158,7 @@ class MarketService(Service):
             market = quote.market
             token = market.token
             price = format_units(quote.price, PRICE_DECIMALS)
-            batch.append((
+            batch.append(Publication(
                 MARKET_DATA,
                 channel_key(MARKET_DATA, market.symbol),
                 {
@@ -167,7 +168,7 @@ class MarketService(Service):
                     "volume_24h": str(quote.volume_24h),
                 },
             ))
-            batch.append((
+            batch.append(Publication(
                 TOKEN_UPDATES,
                 channel_key(TOKEN_UPDATES, token.token_id),
                 {
@@ -176,4 +177,4 @@ class MarketService(Service):
                     "volume": format_units(self._token_volume(token.token_id), token.decimals),
                 },
             ))
-        self._hub.publish_batch(batch)
+        self._publish_batch(batch)

@@ -41,27 +41,31 @@ class ServerCollector:
         yield GaugeMetricFamily(
             "rustorium_connections", "Open WebSocket sessions.", value=len(server.sessions)
         )
+        app = server.app
         by_channel = Counter({channel: 0 for channel in CHANNELS})
-        for subscription in server.subscriptions.all():
-            by_channel[subscription.channel] += 1
+        for subscription_id, feed in app.attached.items():
+            by_channel[feed.subscriptions[subscription_id].channel] += 1
         subscriptions = GaugeMetricFamily(
             "rustorium_subscriptions",
-            "Subscriptions, attached or waiting to be resumed, by channel.",
+            "Subscriptions attached to this node's connections, by channel.",
             labels=["channel"],
         )
         for channel, count in sorted(by_channel.items()):
             subscriptions.add_metric([channel], count)
         yield subscriptions
-        yield GaugeMetricFamily(
-            "rustorium_subscriptions_detached",
-            "Subscriptions whose connection was lost, resumable until the window passes.",
-            value=server.subscriptions.detached_count,
-        )
+        detached = getattr(app.broker, "detached_count", None)
+        if detached is not None:
+            yield GaugeMetricFamily(
+                "rustorium_subscriptions_detached",
+                "Subscriptions whose connection was lost, resumable until the window passes "
+                "(kept by the in-process broker; a cluster keeps them in Redis).",
+                value=detached,
+            )
         yield _counter("rustorium_messages_received", "Client messages, by type.", "type",
                        counters.received)
         yield _counter("rustorium_replies_sent", "Replies sent, by type.", "type", counters.sent)
         yield _counter("rustorium_updates_delivered", "Updates handed to connections, by channel.",
-                       "channel", server.hub.deliveries)
+                       "channel", server.app.fanout.deliveries)
         yield _counter("rustorium_errors", "Error replies, by code.", "code", counters.errors)
         yield CounterMetricFamily("rustorium_rate_limited", "Messages refused by the rate limit.",
                                   value=counters.rate_limited)
@@ -80,8 +84,12 @@ class ServerCollector:
             "rustorium_pending_transactions", "Accepted transactions not yet in a block.",
             value=server.ledger.pending_count,
         )
-        yield GaugeMetricFamily("rustorium_last_message_id", "The n of the last msg_<n> issued.",
-                                value=server.hub.last_number)
+        last_number = getattr(app.broker, "last_number", None)
+        if last_number is not None:
+            yield GaugeMetricFamily(
+                "rustorium_last_message_id", "The n of the last msg_<n> issued.",
+                value=last_number,
+            )
 
 
 def _counter(name: str, documentation: str, label: str, values: Counter) -> CounterMetricFamily:
@@ -106,7 +114,7 @@ def make_registry(server: Server) -> CollectorRegistry:
         buckets=FAN_OUT_BUCKETS,
         registry=registry,
     )
-    server.hub.on_fan_out = histogram.observe
+    server.app.fanout.on_fan_out = histogram.observe
     return registry
 
 

@@ -24,6 +24,7 @@ The output path to the socket, where fan-out spends its time.
 L{rustorium.hub.IHub.publish_batch}, so one write carries a whole tick.)
 """
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -140,18 +141,40 @@ class WriteThroughPort(tcp.Port):
     transport = WriteThroughServer
 
 
+class ReusePort(tcp.Port):
+    """
+    A listening TCP port with C{SO_REUSEPORT} set, so that several worker
+    processes listen on one port and the kernel spreads connections over
+    them (see L{rustorium.workers}).
+    """
+
+    def createInternetSocket(self) -> socket.socket:
+        s = super().createInternetSocket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return s
+
+
+class WriteThroughReusePort(ReusePort):
+    """
+    A L{ReusePort} whose connections are L{WriteThroughServer}s.
+    """
+
+    transport = WriteThroughServer
+
+
 class _ListeningReactor:
     """
     A reactor whose C{listenTCP} (and so C{listenSSL}, which Twisted builds
-    on it) listens on a L{WriteThroughPort}; everything else is the real
-    reactor's.
+    on it) listens on a port of the given class; everything else is the
+    real reactor's.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, port_class: type[tcp.Port]) -> None:
         self._reactor = reactor
+        self._port_class = port_class
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
-        listening = WriteThroughPort(port, factory, backlog, interface, self._reactor)
+        listening = self._port_class(port, factory, backlog, interface, self._reactor)
         listening.startListening()
         return listening
 
@@ -171,12 +194,17 @@ class _ListeningReactor:
         return getattr(self._reactor, name)
 
 
-def listening_reactor(reactor: Any) -> Any:
+def listening_reactor(reactor: Any, write_through: bool = True, reuse_port: bool = False) -> Any:
     """
     The reactor to give C{serverFromString} so that C{tcp:} and C{ssl:}
-    endpoints listen with write-through transports.
+    endpoints listen with write-through transports, and with
+    C{SO_REUSEPORT} when several workers share the port.
     """
-    return _ListeningReactor(reactor)
+    if reuse_port:
+        port_class = WriteThroughReusePort if write_through else ReusePort
+    else:
+        port_class = WriteThroughPort if write_through else tcp.Port
+    return _ListeningReactor(reactor, port_class)
 
 
 class Flusher:

@@ -1,6 +1,7 @@
 """
-Per-connection rate limiting: a token bucket refilled lazily from the
-reactor's clock, so it needs no timer and is tested with C{task.Clock}.
+Rate limiting: token buckets refilled lazily from the reactor's clock, so
+they need no timer and are tested with C{task.Clock}. Each connection has
+one, and each API key one more that all its connections share.
 """
 
 import math
@@ -57,6 +58,52 @@ class TokenBucket:
         up to the millisecond.
         """
         return max(0.0, math.ceil((1.0 - self._refill()) / self._rate * 1000) / 1000)
+
+
+class KeyBuckets:
+    """
+    One token bucket per API key, taken from by every connection of the key.
+
+    A limit per connection alone multiplies with the connections a key
+    opens, and a new connection starts with a full bucket; this one does
+    neither. A key's bucket outlives its connections until it has refilled:
+    a full bucket is what a new one would be, so only full buckets are ever
+    forgotten, and reconnecting never refills one early.
+    """
+
+    __slots__ = ("_buckets", "_burst", "_now", "_prune_at", "_rate")
+
+    _MIN_PRUNE = 64
+
+    def __init__(self, rate: float, burst: int, now: Callable[[], float]) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._now = now
+        self._buckets: dict[int, TokenBucket] = {}
+        self._prune_at = self._MIN_PRUNE
+
+    def bucket(self, key_id: int) -> TokenBucket:
+        """
+        The key's bucket, made full if it has none.
+        """
+        bucket = self._buckets.get(key_id)
+        if bucket is None:
+            if len(self._buckets) >= self._prune_at:
+                self._forget_full()
+            bucket = self._buckets[key_id] = TokenBucket(self._rate, self._burst, self._now)
+        return bucket
+
+    def _forget_full(self) -> None:
+        # Amortised: after a prune, the next waits until the number of
+        # buckets has doubled, so memory stays within twice the keys active
+        # in the last burst / rate seconds.
+        full = [k for k, b in self._buckets.items() if b.available() >= self._burst]
+        for key_id in full:
+            del self._buckets[key_id]
+        self._prune_at = max(self._MIN_PRUNE, 2 * len(self._buckets))
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 class FloodWindow:

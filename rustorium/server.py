@@ -5,19 +5,15 @@ knows about WebSocket.
 
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
-from . import __version__
 from .apikeys import KeyStore
-from .catalog import Catalog
-from .config import Settings
-from .hub import IHub
-from .subscriptions import SubscriptionRegistry
+from .ratelimit import KeyBuckets
 
 if TYPE_CHECKING:
-    from .ledger import Ledger
+    from .application import Application
     from .session import Session
 
 
@@ -89,26 +85,21 @@ class Server:
 
     @ivar ready: whether the service has started; handshakes are refused
         with 503 until it has.
+    @ivar key_buckets: each API key's message budget, shared by all its
+        connections and kept across reconnects.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        clock: Any,
-        hub: IHub,
-        catalog: Catalog,
-        keys: KeyStore,
-        ledger: "Ledger",
-    ) -> None:
-        self.settings = settings
-        self.clock = clock
-        self.hub = hub
-        self.catalog = catalog
+    def __init__(self, app: "Application", keys: KeyStore) -> None:
+        self.app = app
+        self.settings = settings = app.settings
+        self.clock = clock = app.clock
+        self.catalog = app.catalog
         self.keys = keys
-        self.ledger = ledger
-        self.subscriptions = SubscriptionRegistry(hub, settings.resume_window)
+        self.ledger = app.ledger
         self.sessions = SessionRegistry()
-        self.version = __version__
+        self.version = app.version
         self.ready = False
         self.counters = Counters()
         self.connections_per_key: Counter[int] = Counter()
+        self.key_buckets = KeyBuckets(settings.key_rate_limit, settings.key_rate_burst,
+                                      clock.seconds)

@@ -13,6 +13,7 @@ C{twisted.web} site instead of (or beside) its own listening ports::
     root.putChild(b"v1", rustorium.websocket_resource())
 """
 
+import errno
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -21,27 +22,40 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from . import tls
 from .apikeys import KeyStore, RevocationService
-from .bootstrap import MESSAGE_ID_BLOCK, prepare_database, reserve_message_ids
+from .application import Application
+from .bootstrap import (
+    MESSAGE_ID_BLOCK,
+    create_demo_key,
+    prepare_database,
+    reserve_message_ids,
+)
+from .broker.local import LocalBroker
 from .catalog import Catalog
 from .chain import ChainService
 from .closecodes import CloseCode
 from .config import Settings
+from .fanout import Fanout
 from .heartbeat import HeartbeatService
-from .hub import LocalHub, MessageIds
+from .hub import MessageIds
+from .leadership import SingletonService
 from .ledger import DatabaseLedgerStore, Ledger
 from .market import MarketService
 from .metrics import HealthPage, MetricsPage, make_registry
+from .nodes import NodeAnnouncer
 from .output import listening_reactor
 from .server import Server
-from .storage import Database, engine_from_url
-from .subscriptions import ExpiryService
-from .web import build_site
+from .storage import Database, engine_from_url, run_blocking
+from .storage.lock import DatabaseLock, lock_database
+from .timestamps import isoformat
+from .web import WebSocketEndpoint, build_site
 from .websocket import RustoriumServerFactory, prepare_frame
+from .workers import default_node_name
 
 log = Logger()
 
@@ -79,6 +93,64 @@ def connect_url(endpoint: str) -> str:
     return f"{scheme}://{host}:{port if port.isdigit() else 'PORT'}/v1"
 
 
+class ListenError(Exception):
+    """
+    A listening endpoint could not be opened (its port taken, say); the
+    message is one line for the operator, naming the address and the
+    C{--listen} flag.
+    """
+
+
+def cannot_listen_message(error: CannotListenError) -> str:
+    """
+    One line for an endpoint that could not listen: the address, why, and
+    what to change.
+    """
+    interface, port = error.interface, error.port
+    address = f"[{interface}]:{port}" if ":" in (interface or "") else (
+        f"{interface}:{port}" if interface else str(port)
+    )
+    cause = error.socketError
+    strerror = getattr(cause, "strerror", None)
+    why = strerror[0].lower() + strerror[1:] if strerror else str(cause)
+    if getattr(cause, "errno", None) != errno.EADDRINUSE:
+        return f"cannot listen on {address}: {why}; choose another endpoint with --listen"
+    example = ""
+    if isinstance(port, int) and ":" not in (interface or ""):
+        other = f"tcp:{port + 1}" + (f":interface={interface}" if interface else "")
+        example = f", such as --listen {other}"
+    return (
+        f"cannot listen on {address}: {why} (another program, perhaps another "
+        f"server, listens there); stop it, or choose another port with --listen{example}"
+    )
+
+
+def sources_lease(settings: Settings) -> float:
+    """
+    Seconds the node running the market and the blocks holds its lease:
+    two block intervals, so that when it dies another node takes over
+    within three (it renews four times per lease).
+    """
+    return max(2 * settings.block_interval, 2 * settings.tick_interval, 1.0)
+
+
+class BrokerService(Service):
+    """
+    Starts and stops the broker with the server.
+    """
+
+    def __init__(self, broker: Any) -> None:
+        self._broker = broker
+
+    def startService(self) -> Deferred:
+        super().startService()
+        return self._broker.start()
+
+    def stopService(self) -> Deferred:
+        super().stopService()
+        return self._broker.stop()
+
+
 def _ping_database(txn: Any) -> None:
     txn.execute("SELECT 1")
     txn.fetchall()
@@ -86,15 +158,25 @@ def _ping_database(txn: Any) -> None:
 
 class _DatabaseService(Service):
     """
-    Closes the database pool when the application stops.
+    Closes the database pool when the application stops, then lets another
+    server take the database.
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, lock: DatabaseLock | None) -> None:
         self._database = database
+        self._lock = lock
+
+    def startService(self) -> None:
+        super().startService()
+        if self._lock is not None:
+            # twistd may have forked into the background since the lock was taken.
+            self._lock.record_holder()
 
     def stopService(self) -> None:
         super().stopService()
         self._database.close()
+        if self._lock is not None:
+            self._lock.release()
 
 
 class RustoriumService(MultiService):
@@ -102,44 +184,68 @@ class RustoriumService(MultiService):
     The whole server: storage, the hub, the market and heartbeat timers, and
     a listener per configured endpoint.
 
+    A SQLite database is locked (L{lock_database}) from construction until
+    the service stops, so a second server on it refuses to start.
+
     @ivar server: the shared L{Server} state.
-    @ivar demo_key: the demo API key, if this start created it.
+    @ivar demo_key: the demo API key, if this start created it (once
+        listening: see L{startService}).
     """
+
+    demo_key: str | None = None
 
     def __init__(self, settings: Settings, reactor: Any) -> None:
         super().__init__()
         self.settings = settings
         self._reactor = reactor
-        engine = engine_from_url(settings.database)
-        prepared = prepare_database(engine, settings.genesis)
-        self.demo_key = prepared.demo_key
+        self._engine = engine = engine_from_url(settings.database)
+        lock = lock_database(engine.path) if engine.name == "sqlite" else None
+        try:
+            prepared = prepare_database(engine, settings.genesis)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        self._demo_key_due = prepared.demo_key_due
         database = Database(engine, reactor)
-        _DatabaseService(database).setServiceParent(self)
+        _DatabaseService(database, lock).setServiceParent(self)
         ids = MessageIds(
             prepared.first_message_id,
             prepared.message_id_ceiling,
             MESSAGE_ID_BLOCK,
             reserve=lambda ceiling: database.run(reserve_message_ids, ceiling),
         )
-        hub = LocalHub(
-            reactor, ids, prepare_frame,
+        self.node = node = settings.node_name or default_node_name()
+        broker = LocalBroker(
+            reactor, ids, node, prepare_frame,
             history_size=settings.history_size, history_age=settings.history_age,
+            resume_window=settings.resume_window,
+            max_detached_per_key=settings.max_detached_per_key,
         )
         catalog = Catalog(prepared.tokens)
         ledger = Ledger(
-            catalog, DatabaseLedgerStore(database), hub, reactor, prepared.ledger,
+            catalog, DatabaseLedgerStore(database),
+            lambda rows: app.announce_transactions(rows), reactor, prepared.ledger,
             commit_batch=settings.commit_batch,
         )
-        self.server = server = Server(
-            settings, reactor, hub, catalog, KeyStore(database), ledger
-        )
+        self.app = app = Application(settings, reactor, node, catalog, ledger, broker, Fanout())
+        self.server = server = Server(app, KeyStore(database))
+        app.on_lost = self._broker_lost
+        BrokerService(broker).setServiceParent(self)
 
+        sources = MultiService()
         MarketService(
-            catalog, hub, reactor, settings.tick_interval, settings.market_seed,
+            catalog, app.publish, reactor, settings.tick_interval, settings.market_seed,
             ledger.volume_24h,
-        ).setServiceParent(self)
-        ChainService(ledger, settings.block_interval, reactor).setServiceParent(self)
-        ExpiryService(server.subscriptions, hub, reactor).setServiceParent(self)
+        ).setServiceParent(sources)
+        ChainService(ledger, settings.block_interval, reactor).setServiceParent(sources)
+        sources = SingletonService(
+            "sources", node, broker, sources, sources_lease(settings), reactor
+        )
+        sources.setServiceParent(self)
+        self._started_at = reactor.seconds()
+        NodeAnnouncer(broker, self._describe_node, lambda: sources.leading, reactor
+                      ).setServiceParent(self)
         HeartbeatService(server, reactor, prepare_frame).setServiceParent(self)
         RevocationService(
             settings.key_check_interval, server.keys, lambda: list(server.sessions), reactor
@@ -156,7 +262,11 @@ class RustoriumService(MultiService):
         # The listeners are not children: they start after everything else
         # and stop before anything else (see stopService).
         self._listeners = MultiService()
-        listening = listening_reactor(reactor) if settings.write_through else reactor
+        listening = (
+            listening_reactor(reactor, settings.write_through, settings.reuse_port)
+            if settings.write_through or settings.reuse_port
+            else reactor
+        )
         certificates = []
         for description in settings.listen:
             found = tls.server_endpoint(listening, description, settings.backlog)
@@ -175,6 +285,31 @@ class RustoriumService(MultiService):
                 sighup=settings.tls_reload_signal,
             ).setServiceParent(self)
 
+    def _describe_node(self) -> dict:
+        """
+        This node as the cluster's registry lists it.
+        """
+        settings = self.settings
+        return {
+            "name": self.node,
+            "address": connect_url(settings.listen[0]) if settings.listen else "",
+            "version": self.app.version,
+            "started": isoformat(self._started_at),
+            "connections": len(self.server.sessions),
+        }
+
+    def _broker_lost(self, reason: str) -> None:
+        """
+        This node may have missed updates (its link to the broker dropped):
+        close every connection with a reconnect code, so that each client
+        resumes by replay, here once the link is back or on another node.
+        """
+        sessions = list(self.server.sessions)
+        log.warn("Lost the broker ({reason}): closing {count} connections so they resume",
+                 reason=reason, count=len(sessions))
+        for session in sessions:
+            session.close(CloseCode.BROKER_LOST, "this node lost the cluster's broker; reconnect")
+
     def websocket_resource(self) -> WebSocketResource:
         """
         The WebSocket API as a resource to mount in another C{twisted.web}
@@ -182,23 +317,48 @@ class RustoriumService(MultiService):
         """
         factory = RustoriumServerFactory(self.server, path=None, reactor=self._reactor)
         self._factories.append(factory)
-        return WebSocketResource(factory)
+        return WebSocketEndpoint(factory)
 
     def privilegedStartService(self) -> None:
+        """
+        Listen (before twistd drops privileges).
+
+        @raise ListenError: if an endpoint cannot listen.
+        """
         super().privilegedStartService()
-        self._listeners.privilegedStartService()
+        self._listen(self._listeners.privilegedStartService)
 
     def startService(self) -> None:
+        """
+        Start the services and listen, then, on the first start with the
+        built-in genesis, make and log the demo key: only now, when clients
+        can use it, since it can never be shown again.
+
+        @raise ListenError: if an endpoint cannot listen.
+        """
         super().startService()
-        self._listeners.startService()
+        self._listen(self._listeners.startService)
         self.server.ready = True
-        if self.demo_key is not None:
-            url = connect_url(self.settings.listen[0]) if self.settings.listen else "URL"
-            log.info(
-                "Created the demo API key (shown only now): {demo_key}\n"
-                "Connect with {url}?api_key={demo_key}",
-                demo_key=self.demo_key, url=url, show_secret=True,
-            )
+        if self._demo_key_due:
+            self._demo_key_due = False
+            self.demo_key = run_blocking(self._engine, create_demo_key)
+            if self.demo_key is not None:
+                url = connect_url(self.settings.listen[0]) if self.settings.listen else "URL"
+                log.info(
+                    "Created the demo API key (shown only now): {demo_key}\n"
+                    "Connect with {url}?api_key={demo_key}",
+                    demo_key=self.demo_key, url=url, show_secret=True,
+                )
+
+    def _listen(self, start: Any) -> None:
+        """
+        Start the listeners with C{start}, turning a failure to listen into
+        a L{ListenError} whose message names the address and C{--listen}.
+        """
+        try:
+            start()
+        except CannotListenError as e:
+            raise ListenError(cannot_listen_message(e)) from None
 
     def stopService(self) -> "Deferred[None]":
         """

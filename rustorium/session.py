@@ -20,17 +20,14 @@ connection with the same API key may resume them within the resume window.
 ``docs/session.dot`` draws it.
 
 Each message goes through, in order: the silence clock, the envelope check,
-the rate limit (C{heartbeat_response} is exempt), the typed request, its
-handler. A handler either answers at once or returns a Deferred; any
-L{RequestError} becomes an C{error} reply echoing the request's id, and any
-other exception is logged and answered with C{internal_error}.
+the rate limits, the connection's then its API key's (C{heartbeat_response}
+is exempt), the typed request, its handler. A handler either answers at
+once or returns a Deferred; any L{RequestError} becomes an C{error} reply
+echoing the request's id, and any other exception is logged and answered
+with C{internal_error}.
 """
 
-import heapq
-from collections.abc import Iterator
 from enum import Enum
-from itertools import islice
-from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -39,11 +36,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
-from .amounts import format_units
 from .closecodes import CloseCode
 from .errors import ErrorCode, RequestError
-from .hub import CallableSink, ReplayOvertaken, Update
-from .ledger import describe_transaction
+from .hub import Update
 from .ratelimit import FloodWindow, TokenBucket
 from .requests import (
     Envelope,
@@ -62,8 +57,7 @@ from .requests import (
 )
 from .server import Server
 from .storage.keys import ApiKey
-from .subscriptions import Subscription, new_subscription_id, resolve_keys
-from .timestamps import isoformat
+from .subscriptions import Subscription
 
 FLOOD_WINDOW = 10.0
 """Seconds over which rate-limited messages are counted towards a close."""
@@ -115,11 +109,6 @@ class SessionState(Enum):
     CLOSED = "closed"
 
 
-REPLAY_CHUNK = 256
-"""Replayed updates sent per reactor turn, so that a reconnect storm of
-thousands of clients never stalls the server."""
-
-
 class Session:
     """
     One authenticated connection.
@@ -128,10 +117,7 @@ class Session:
     """
 
     # Thousands of these live at once: no per-instance __dict__.
-    __slots__ = (
-        "_bucket", "_by_topics", "_flood", "_held", "_key_counts", "_replay", "_server",
-        "_sink", "_subscriptions", "_unrecovered", "api_key", "connection", "state",
-    )
+    __slots__ = ("_bucket", "_flood", "_server", "api_key", "connection", "feed", "state")
 
     log = Logger()
 
@@ -144,15 +130,7 @@ class Session:
         now = server.clock.seconds
         self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst, now)
         self._flood = FloodWindow(settings.flood_limit, FLOOD_WINDOW, now)
-        self._subscriptions: dict[str, Subscription] = {}
-        self._by_topics: dict[tuple[str, tuple[str, ...]], Subscription] = {}
-        self._key_counts: dict[str, int] = {}
-        # Where the hub delivers this session's updates: the connection, or
-        # while a replay is streamed, a sink holding live updates back.
-        self._sink: Any = connection.sink
-        self._held: list[Update] | None = None
-        self._replay: Iterator[Update] | None = None
-        self._unrecovered: list[Subscription] = []
+        self.feed = server.app.open_feed(api_key, connection.sink)
         server.sessions.add(self, now())
 
     # Input from the connection
@@ -182,9 +160,19 @@ class Session:
                     return
         server.counters.received[envelope.type if envelope else "invalid"] += 1
         request_id = envelope.request_id if envelope else problem.request_id
+        settings = server.settings
         if not self._bucket.take():
-            server.counters.rate_limited += 1
-            self._rate_limited(request_id)
+            self._rate_limited(
+                request_id, self._bucket, f"more than {settings.rate_limit:g} messages per second"
+            )
+            return
+        key_bucket = server.key_buckets.bucket(self.api_key.key_id)
+        if not key_bucket.take():
+            self._rate_limited(
+                request_id, key_bucket,
+                f"more than {settings.key_rate_limit:g} messages per second from this API key "
+                "across its connections",
+            )
             return
         if problem is not None:
             self._send_error(request_id, problem)
@@ -230,31 +218,8 @@ class Session:
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
-        server = self._server
-        hub = server.hub
-        for key in self._key_counts:
-            hub.unsubscribe(key, self)
-        now = server.clock.seconds()
-        for subscription in self._subscriptions.values():
-            server.subscriptions.detach(subscription, now)
-        self._key_counts.clear()
-        self._subscriptions.clear()
-        self._by_topics.clear()
-        self._held = self._replay = None
-        server.sessions.remove(self)
-
-    def give_up(self, subscription: Subscription) -> None:
-        """
-        Another connection resumed one of this session's subscriptions (this
-        one is presumably dead, unnoticed as yet): stop delivering it here.
-        """
-        self._remove(subscription)
-
-    def _send_update(self, update: Update) -> None:
-        if self._held is not None:
-            self._held.append(update)
-        else:
-            self.connection.deliver(update)
+        self.feed.close()
+        self._server.sessions.remove(self)
 
     def _send_error(self, request_id: object, error: RequestError) -> None:
         self._server.counters.errors[error.code] += 1
@@ -262,7 +227,8 @@ class Session:
             request_id, "error", {"code": str(error.code), "message": error.message, **error.extra}
         )
 
-    def _rate_limited(self, request_id: object) -> None:
+    def _rate_limited(self, request_id: object, bucket: TokenBucket, limit: str) -> None:
+        self._server.counters.rate_limited += 1
         if self._flood.exceeded():
             self.log.info(
                 "Closing {peer} (key {key_name}): kept sending past the rate limit",
@@ -270,13 +236,12 @@ class Session:
             )
             self.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded repeatedly")
             return
-        retry_after = round(self._bucket.retry_after(), 3)
+        retry_after = round(bucket.retry_after(), 3)
         self._send_error(
             request_id,
             RequestError(
                 ErrorCode.RATE_LIMIT_EXCEEDED,
-                f"more than {self._server.settings.rate_limit:g} messages per second; "
-                f"this one was not executed, retry after {retry_after:g} s",
+                f"{limit}; this one was not executed, retry after {retry_after:g} s",
                 retry_after=retry_after,
             ),
         )
@@ -320,76 +285,22 @@ class Session:
             ),
         )
 
-    # Handlers: each takes the request id and the typed request.
+    # Handlers: each takes the request id and the typed request, and
+    # carries it out through the application layer.
 
-    def _subscribe(self, request_id: object, request: Subscribe) -> None:
-        topics = (request.channel, request.topics)
-        subscription = self._by_topics.get(topics)
-        if subscription is None:
-            limit = self._server.settings.max_subscriptions
-            if len(self._subscriptions) >= limit:
-                raise RequestError(
-                    ErrorCode.SUBSCRIPTION_LIMIT,
-                    f"this connection already has {limit} subscriptions, the most allowed; "
-                    "unsubscribe from one first",
-                )
-            server = self._server
-            keys = resolve_keys(request, server.catalog)
-            subscription = Subscription(
-                new_subscription_id(), request.channel, request.topics, keys,
-                owner=self.api_key.key_id, since=server.hub.last_number,
-            )
-            server.subscriptions.add(subscription)
-            self._add(subscription)
+    def _subscribe(self, request_id: object, request: Subscribe) -> Deferred:
         if self.state is SessionState.FRESH:
             self.state = SessionState.ACTIVE
-        self.reply(
-            request_id,
-            "subscription_confirmation",
-            {"status": "subscribed", **subscription.describe()},
-        )
-        self._send_current_state(subscription)
 
-    def _add(self, subscription: Subscription) -> None:
-        subscription.session = self
-        self._subscriptions[subscription.subscription_id] = subscription
-        self._by_topics[subscription.channel, subscription.topics] = subscription
-        hub = self._server.hub
-        for key in subscription.keys:
-            count = self._key_counts.get(key, 0)
-            if not count:
-                hub.subscribe(key, self, self._sink)
-            self._key_counts[key] = count + 1
+        def confirm(subscription: Subscription) -> None:
+            self.reply(request_id, "subscription_confirmation",
+                       {"status": "subscribed", **subscription.describe()})
 
-    def _remove(self, subscription: Subscription) -> None:
-        del self._subscriptions[subscription.subscription_id]
-        self._by_topics.pop((subscription.channel, subscription.topics), None)
-        hub = self._server.hub
-        for key in subscription.keys:
-            count = self._key_counts[key] - 1
-            if count:
-                self._key_counts[key] = count
-            else:
-                del self._key_counts[key]
-                hub.unsubscribe(key, self)
+        return self.feed.subscribe(request, confirm)
 
-    def _send_current_state(self, subscription: Subscription) -> None:
-        hub = self._server.hub
-        for key in subscription.keys:
-            snapshot = hub.snapshot(key)
-            if snapshot is not None:
-                self._send_update(snapshot)
-
-    def _unsubscribe(self, request_id: object, request: Unsubscribe) -> None:
-        subscription = self._subscriptions.get(request.subscription_id)
-        if subscription is None:
-            raise RequestError(
-                ErrorCode.NOT_FOUND,
-                f"no subscription {request.subscription_id!r} on this connection",
-            )
-        self._remove(subscription)
-        self._server.subscriptions.remove(subscription)
-        self.reply(
+    def _unsubscribe(self, request_id: object, request: Unsubscribe) -> Deferred:
+        d = self.feed.unsubscribe(request.subscription_id)
+        d.addCallback(lambda subscription: self.reply(
             request_id,
             "subscription_confirmation",
             {
@@ -397,190 +308,64 @@ class Session:
                 "channel": subscription.channel,
                 "subscription_id": subscription.subscription_id,
             },
-        )
-
-    def _list_subscriptions(self, request_id: object, request: ListSubscriptions) -> None:
-        self.reply(
-            request_id,
-            "subscriptions",
-            {"subscriptions": [s.describe() for s in self._subscriptions.values()]},
-        )
-
-    def _get_token_info(self, request_id: object, request: GetTokenInfo) -> None:
-        token = self._server.catalog.tokens.get(request.token_id)
-        if token is None:
-            raise RequestError(ErrorCode.NOT_FOUND, f"no token {request.token_id}")
-        self.reply(request_id, "token_info", token.info())
-
-    def _execute_transaction(self, request_id: object, request: ExecuteTransaction) -> Deferred:
-        d = self._server.ledger.submit(self.api_key, request)
-        d.addCallback(
-            lambda row: self.reply(
-                request_id,
-                "transaction_response",
-                {"transaction_id": row.transaction_id, "status": row.status},
-            )
-        )
+        ))
         return d
 
-    def _get_balance(self, request_id: object, request: GetBalance) -> None:
-        ledger = self._server.ledger
-        token = ledger.token(request.token_id)
-        confirmed, available = ledger.balance(request.address, request.token_id)
-        self.reply(
-            request_id,
-            "balance",
-            {
-                "address": request.address,
-                "token_id": request.token_id,
-                "balance": format_units(confirmed, token.decimals),
-                "available": format_units(available, token.decimals),
-            },
-        )
+    def _list_subscriptions(self, request_id: object, request: ListSubscriptions) -> None:
+        self.reply(request_id, "subscriptions", {"subscriptions": self.feed.describe()})
+
+    def _get_token_info(self, request_id: object, request: GetTokenInfo) -> None:
+        self.reply(request_id, "token_info", self._server.app.token_info(request.token_id))
+
+    def _execute_transaction(self, request_id: object, request: ExecuteTransaction) -> Deferred:
+        d = self._server.app.execute_transaction(self.api_key, request)
+        return d.addCallback(lambda data: self.reply(request_id, "transaction_response", data))
+
+    def _get_balance(self, request_id: object, request: GetBalance) -> Deferred:
+        d = self._server.app.balance(request.address, request.token_id)
+        return d.addCallback(lambda data: self.reply(request_id, "balance", data))
 
     def _get_transaction(self, request_id: object, request: GetTransaction) -> Deferred:
-        ledger = self._server.ledger
-
-        def found(row):
-            if row is None:
-                raise RequestError(ErrorCode.NOT_FOUND, f"no transaction {request.transaction_id}")
-            token = ledger.token(row.token_id)
-            self.reply(request_id, "transaction", describe_transaction(row, token))
-
-        return ledger.find(request.transaction_id).addCallback(found)
+        d = self._server.app.transaction(request.transaction_id)
+        return d.addCallback(lambda data: self.reply(request_id, "transaction", data))
 
     def _ping(self, request_id: object, request: Ping) -> None:
-        self.reply(request_id, "pong", {"timestamp": isoformat(self._server.clock.seconds())})
+        self.reply(request_id, "pong", self._server.app.ping())
 
-    def _server_info(self, request_id: object, request: ServerInfo) -> None:
+    def _server_info(self, request_id: object, request: ServerInfo) -> Deferred:
         server = self._server
-        settings = server.settings
-        self.reply(
-            request_id,
-            "server_info",
-            {
-                "version": server.version,
-                "timestamp": isoformat(server.clock.seconds()),
-                "heartbeat_interval": settings.heartbeat_interval,
-                "heartbeat_timeout": settings.silence_timeout,
-                "limits": {
-                    "max_subscriptions": settings.max_subscriptions,
-                    "rate_limit": settings.rate_limit,
-                    "rate_burst": settings.rate_burst,
-                    "max_message_size": settings.max_message_size,
-                },
-                "usage": {
-                    "subscriptions": len(self._subscriptions),
-                    "rate_tokens": round(self._bucket.available(), 3),
-                },
-                "channels": ["token_updates", "transaction_updates", "market_data"],
-                "markets": list(server.catalog.markets),
-                "tokens": list(server.catalog.tokens),
-            },
-        )
 
-    def _reconnect(self, request_id: object, request: Reconnect) -> None:
+        def answer(info: dict[str, Any]) -> None:
+            info["usage"] = {
+                "subscriptions": len(self.feed.subscriptions),
+                "rate_tokens": round(self._bucket.available(), 3),
+                "key_rate_tokens": round(
+                    server.key_buckets.bucket(self.api_key.key_id).available(), 3
+                ),
+            }
+            self.reply(request_id, "server_info", info)
+
+        return server.app.server_info().addCallback(answer)
+
+    def _reconnect(self, request_id: object, request: Reconnect) -> Deferred:
         if self.state is not SessionState.FRESH:
             raise RequestError(
                 ErrorCode.INVALID_REQUEST,
                 "reconnect must be the first subscribe or reconnect on a connection, "
                 "and this one already has one; open a new connection to resume",
             )
-        server = self._server
-        hub = server.hub
-        last = request.last_message_id
-        resumed: dict[str, Subscription] = {}
-        for subscription_id in request.subscription_ids:
-            if len(resumed) >= server.settings.max_subscriptions:
-                break
-            subscription = server.subscriptions.claim(subscription_id, self.api_key.key_id)
-            if subscription is not None:
-                resumed[subscription_id] = subscription
-        # Replay each key from the oldest point any of its subscriptions
-        # needs: after the client's last message, never before it subscribed.
-        starts: dict[str, int] = {}
-        for subscription in resumed.values():
-            start = subscription.since if last is None else max(last, subscription.since)
-            for key in subscription.keys:
-                starts[key] = min(starts.get(key, start), start)
-        replays = {key: hub.replay(key, start) for key, start in starts.items()}
-        entries = []
-        for subscription_id in request.subscription_ids:
-            subscription = resumed.get(subscription_id)
-            if subscription is None:
-                entries.append({"subscription_id": subscription_id, "status": "expired"})
-                continue
-            lost = [replays[k].lost for k in subscription.keys if replays[k].lost]
-            entry = {
-                **subscription.describe(),
-                "status": "resumed",
-                "recovered": not lost,
-                "replayed": sum(replays[k].count for k in subscription.keys),
-            }
-            if lost:
-                entry["lost"] = {
-                    "from": f"msg_{min(low for low, _ in lost)}",
-                    "to": f"msg_{max(high for _, high in lost)}",
-                }
-                self._unrecovered.append(subscription)
-            entries.append(entry)
         self.state = SessionState.RESUMING
-        self._held = []
-        self._sink = CallableSink(self._held.append)
-        for subscription in resumed.values():
-            self._add(subscription)
-        self.reply(
-            request_id,
-            "reconnect_confirmation",
-            {
-                "recovered": len(resumed) == len(request.subscription_ids)
-                and not self._unrecovered,
-                "replayed": sum(r.count for r in replays.values()),
-                "subscriptions": entries,
-            },
-        )
-        self._replay = heapq.merge(
-            *(iter(r) for r in replays.values() if r.count), key=attrgetter("number")
-        )
-        self._stream_replay()
 
-    def _stream_replay(self) -> None:
-        """
-        Send the next chunk of the replay; the rest follows on later reactor
-        turns, so thousands of clients resuming at once share the reactor.
-        """
-        if self.state is not SessionState.RESUMING:
-            return
-        try:
-            chunk = list(islice(self._replay, REPLAY_CHUNK))
-        except ReplayOvertaken:
-            self.close(CloseCode.REPLAY_OVERTAKEN, "replay overtaken by new updates; reconnect")
-            return
-        deliver = self.connection.deliver
-        for update in chunk:
-            deliver(update)
-        if len(chunk) == REPLAY_CHUNK:
-            self._server.clock.callLater(0, self._stream_replay)
-        else:
-            self._resume_live()
+        def resumed(result: object) -> object:
+            if self.state is SessionState.RESUMING:
+                self.state = SessionState.ACTIVE
+            return result
 
-    def _resume_live(self) -> None:
-        """
-        The replay is out: send what was held back, then the current state
-        of subscriptions that could not be fully recovered, and deliver live.
-        """
-        held, self._held, self._replay = self._held, None, None
-        self.state = SessionState.ACTIVE
-        self._sink = self.connection.sink
-        hub = self._server.hub
-        for key in self._key_counts:
-            hub.subscribe(key, self, self._sink)
-        for update in held:
-            self.connection.deliver(update)
-        unrecovered, self._unrecovered = self._unrecovered, []
-        for subscription in unrecovered:
-            if subscription.session is self:
-                self._send_current_state(subscription)
+        d = self.feed.resume(
+            list(request.subscription_ids), request.last_message_id,
+            lambda data: self.reply(request_id, "reconnect_confirmation", data),
+        )
+        return d.addBoth(resumed)
 
     _HANDLERS: dict[type, Any] = {
         Subscribe: _subscribe,

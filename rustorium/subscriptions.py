@@ -27,6 +27,7 @@ def new_subscription_id() -> str:
 
 
 if TYPE_CHECKING:
+    from .broker.interface import SubscriptionRecord
     from .session import Session
 
 
@@ -54,6 +55,14 @@ class Subscription:
     since: int = 0
     session: "Session | None" = None
     detached_at: float | None = None
+
+    @classmethod
+    def from_record(cls, record: "SubscriptionRecord") -> "Subscription":
+        """
+        A subscription as the broker keeps it, to attach here.
+        """
+        return cls(record.subscription_id, record.channel, record.topics, record.keys,
+                   owner=record.owner, since=record.since)
 
     def describe(self) -> dict[str, object]:
         """
@@ -104,13 +113,23 @@ class SubscriptionRegistry:
     is lost stays here, detached, for the resume window; a C{reconnect}
     with the same API key re-attaches it. While a subscription exists its
     keys are watched, so the hub keeps their history for replay.
+
+    An API key keeps at most C{max_detached_per_key} detached subscriptions:
+    past that its oldest expire at once. Otherwise a client that subscribes
+    and hangs up in a loop parks subscriptions (and the histories they
+    watch) faster than the resume window lets them go.
     """
 
-    def __init__(self, hub: IHub, resume_window: float) -> None:
+    def __init__(
+        self, hub: IHub, resume_window: float, max_detached_per_key: int = 1000
+    ) -> None:
         self._hub = hub
         self.resume_window = resume_window
+        self.max_detached_per_key = max_detached_per_key
         self._all: dict[str, Subscription] = {}
+        # Both in the order they were detached, oldest first.
         self._detached: OrderedDict[str, Subscription] = OrderedDict()
+        self._detached_by_owner: dict[int, OrderedDict[str, Subscription]] = {}
 
     def add(self, subscription: Subscription) -> None:
         """
@@ -126,17 +145,44 @@ class SubscriptionRegistry:
         """
         if self._all.pop(subscription.subscription_id, None) is None:
             return
-        self._detached.pop(subscription.subscription_id, None)
+        self._undetach(subscription)
         for key in subscription.keys:
             self._hub.unwatch(key)
 
     def detach(self, subscription: Subscription, now: float) -> None:
         """
-        Its session is gone: keep it resumable until the window passes.
+        Its session is gone: keep it resumable until the window passes, or
+        until its API key has too many others waiting.
         """
         subscription.session = None
         subscription.detached_at = now
-        self._detached[subscription.subscription_id] = subscription
+        subscription_id = subscription.subscription_id
+        self._detached[subscription_id] = subscription
+        mine = self._detached_by_owner.get(subscription.owner)
+        if mine is None:
+            mine = self._detached_by_owner[subscription.owner] = OrderedDict()
+        mine[subscription_id] = subscription
+        while len(mine) > self.max_detached_per_key:
+            self.remove(next(iter(mine.values())))
+
+    def _undetach(self, subscription: Subscription) -> None:
+        subscription_id = subscription.subscription_id
+        if self._detached.pop(subscription_id, None) is None:
+            return
+        mine = self._detached_by_owner[subscription.owner]
+        del mine[subscription_id]
+        if not mine:
+            del self._detached_by_owner[subscription.owner]
+
+    def find(self, subscription_id: str, owner: int) -> Subscription | None:
+        """
+        The subscription if it exists and belongs to C{owner}, attached or
+        not; it stays where it is.
+        """
+        subscription = self._all.get(subscription_id)
+        if subscription is None or subscription.owner != owner:
+            return None
+        return subscription
 
     def claim(self, subscription_id: str, owner: int) -> Subscription | None:
         """
@@ -144,12 +190,12 @@ class SubscriptionRegistry:
         belongs to C{owner}. One still attached to another session (a
         connection the server has not yet seen die) is taken from it.
         """
-        subscription = self._all.get(subscription_id)
-        if subscription is None or subscription.owner != owner:
+        subscription = self.find(subscription_id, owner)
+        if subscription is None:
             return None
         if subscription.session is not None:
             subscription.session.give_up(subscription)
-        self._detached.pop(subscription_id, None)
+        self._undetach(subscription)
         subscription.detached_at = None
         return subscription
 
@@ -180,6 +226,12 @@ class SubscriptionRegistry:
     @property
     def detached_count(self) -> int:
         return len(self._detached)
+
+    def detached_of(self, owner: int) -> int:
+        """
+        How many detached subscriptions the API key C{owner} has.
+        """
+        return len(self._detached_by_owner.get(owner, ()))
 
 
 class ExpiryService(TimerService):

@@ -6,17 +6,19 @@ the TOML file named by ``--config``; flags win over the file, the file over
 the defaults.
 """
 
+import sys
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from . import tls
+from . import __version__, tls
 from .config import SETTINGS, ConfigError, Settings, load_toml
 from .genesis import GenesisError, load_genesis
-from .service import RustoriumService
-from .service import makeService as _makeService
+from .service import ListenError, RustoriumService
 from .storage import DatabaseURLError, SchemaError, engine_from_url
+from .storage.lock import DatabaseLockError
+from .workers import WorkerSupervisor
 
 
 def _help(setting) -> str:
@@ -35,8 +37,9 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "Run the Rustorium WebSocket API server. Every option can also be set "
-        "in a TOML file given with --config (keys are the option names)."
+        f"Run the Rustorium WebSocket API server (rustorium {__version__}). Every "
+        "option can also be set in a TOML file given with --config (keys are the "
+        "option names)."
     )
     optParameters = [
         ["config", "c", None, "TOML file of settings (flags win over it)."],
@@ -49,6 +52,31 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self._failed = False
+
+    def parseOptions(self, options: Any = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            self._failed = True
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        """
+        The options' help; after a usage error, one line pointing to it.
+        twistd prints this before the error's message (and it is 70-odd
+        lines), which would bury the message.
+        """
+        if self._failed:
+            return "Run 'twistd rustorium --help' for the options."
+        return super().getUsage(width)
+
+    def opt_version(self) -> None:
+        """
+        Print the version of rustorium and exit.
+        """
+        print(f"rustorium {__version__}")
+        sys.exit(0)
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -78,6 +106,14 @@ class Options(usage.Options):
         """
         Fail now, with a usage message, on what would fail at start-up.
         """
+        if settings.workers > 1 and (
+            settings.broker == "local" or settings.database.startswith("sqlite:")
+        ):
+            raise usage.UsageError(
+                f"--workers {settings.workers} needs state the workers can share: set "
+                "--broker redis://HOST:PORT/DB and --database postgresql://USER@HOST/DB "
+                "(docs/operations.rst, Running a cluster), or run one worker"
+            )
         try:
             engine_from_url(settings.database)
             if settings.genesis is not None:
@@ -101,11 +137,53 @@ class Options(usage.Options):
                 raise usage.UsageError(f"bad --listen endpoint {endpoint!r}: {e}") from None
 
 
-def makeService(options: Options, reactor: Any = None) -> RustoriumService:
+def _child_twistd_args(argv: list[str]) -> list[str]:
     """
-    The service ``twistd rustorium`` runs.
+    The twistd options of this command line that worker processes need
+    too (the logger and the reactor), from the arguments before the
+    plugin name.
     """
     try:
-        return _makeService(options.settings, reactor)
-    except (GenesisError, SchemaError, DatabaseURLError) as e:
+        end = argv.index("rustorium")
+    except ValueError:
+        return []
+    kept = []
+    arguments = iter(argv[1:end])
+    for argument in arguments:
+        name = argument.split("=", 1)[0]
+        if name in ("--logger", "--reactor", "-r"):
+            kept.append(argument)
+            if "=" not in argument:
+                kept.append(next(arguments, ""))
+    return kept
+
+
+class _CommandService(RustoriumService):
+    """
+    The service as ``twistd rustorium`` runs it: an endpoint that cannot
+    listen ends the process with one line, not twistd's traceback.
+    """
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            raise SystemExit(f"rustorium: {e}") from None
+
+
+def makeService(options: Options, reactor: Any = None) -> "RustoriumService | WorkerSupervisor":
+    """
+    The service ``twistd rustorium`` runs: the server, or with
+    C{--workers} above 1, the supervisor of its worker processes. What
+    stops the server's start-up (a bad genesis or database, a database
+    another server holds, a port it cannot listen on) ends the process
+    with one line.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    if options.settings.workers > 1:
+        return WorkerSupervisor(options.settings, reactor, _child_twistd_args(sys.argv))
+    try:
+        return _CommandService(options.settings, reactor)
+    except (GenesisError, SchemaError, DatabaseURLError, DatabaseLockError) as e:
         raise SystemExit(f"rustorium: {e}") from None

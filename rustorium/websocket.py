@@ -196,10 +196,18 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             return
         self.session = None
         session.connection_lost()
+        # Autobahn passes the client's close code; when the server closed,
+        # the code that matters is the one it sent.
+        if self.closedByMe:
+            closed_by, code = "server", self.localCloseCode
+            reason = (self.localCloseReason or b"").decode("utf-8", "replace")
+        else:
+            closed_by = "client"
         self._log.info(
-            "Connection closed: {peer} with key {key_name} (code {code}, {seconds:.1f} s)",
-            peer=self.peer, key_name=self._api_key.name, code=code, reason=reason,
-            seconds=self.factory.reactor.seconds() - self._opened_at,
+            "Connection closed by the {closed_by}: {peer} with key {key_name}"
+            " (code {code}, {seconds:.1f} s)",
+            closed_by=closed_by, peer=self.peer, key_name=self._api_key.name, code=code,
+            reason=reason, seconds=self.factory.reactor.seconds() - self._opened_at,
         )
 
     # IConnection and the hub's sink. The hub unsubscribes a session that

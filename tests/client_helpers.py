@@ -20,7 +20,7 @@ from rustorium.heartbeat import HeartbeatService
 from rustorium.hub import channel_key
 from rustorium.websocket import RustoriumServerFactory, prepare_frame
 from tests.asyncapi import validate_client_message
-from tests.helpers import KEY, make_server
+from tests.helpers import KEY, make_server, publish
 
 API_KEY = "rk_client_tests"
 URL = "ws://127.0.0.1:8765/v1"
@@ -63,6 +63,8 @@ class MemoryNetwork:
     @ivar attempts: the clock time of every connection attempt.
     @ivar refuse: when true, connection attempts fail as if nothing
         listened.
+    @ivar tls_error: when set, each connection is lost with it, as when
+        the TLS handshake fails, before any byte reaches the server.
     @ivar received: every message the server received, per connection in
         order, decoded.
     @ivar validate: check every message the client sends against
@@ -76,6 +78,7 @@ class MemoryNetwork:
         self.factory = RustoriumServerFactory(self.server, reactor=clock)
         self.attempts: list[float] = []
         self.refuse = False
+        self.tls_error: BaseException | None = None
         self.validate = True
         self.pumps: list[iosim.IOPump] = []
         self.server_protocols: list[Any] = []
@@ -91,6 +94,11 @@ class MemoryNetwork:
             return fail(ConnectionRefusedError("nothing listens (in memory)"))
         client_address = IPv4Address("TCP", "127.0.0.1", 40000 + len(self.attempts))
         client = factory.buildProtocol(SERVER_ADDRESS)
+        if self.tls_error is not None:
+            client.makeConnection(
+                iosim.FakeTransport(client, False, client_address, SERVER_ADDRESS))
+            self.clock.callLater(0, client.connectionLost, Failure(self.tls_error))
+            return succeed(client)
         server = self.factory.buildProtocol(client_address)
         log: list[dict] = []
         self.received.append(log)
@@ -141,8 +149,8 @@ class MemoryNetwork:
         """
         Publish a market_data update as the market service would.
         """
-        return self.server.hub.publish(
-            "market_data", channel_key("market_data", symbol),
+        return publish(
+            self.server, "market_data", channel_key("market_data", symbol),
             {"symbol": symbol, "price": price, "change_24h": "0", "volume_24h": "0"},
         )
 

@@ -9,10 +9,14 @@ import orjson
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
+from rustorium.application import Application
+from rustorium.broker.interface import Publication
+from rustorium.broker.local import LocalBroker
 from rustorium.catalog import Catalog
 from rustorium.config import Settings
+from rustorium.fanout import Fanout
 from rustorium.genesis import demo_genesis
-from rustorium.hub import ISink, LocalHub, MessageIds, Update
+from rustorium.hub import ISink, MessageIds, Update
 from rustorium.ledger import ILedgerStore, Ledger
 from rustorium.server import Server
 from rustorium.session import IConnection, Session
@@ -58,9 +62,12 @@ class MemoryLedgerStore:
     """
     A ledger store in memory. Writes complete at once, or, with C{hold},
     wait until the test fires them (C{release}) or fails them (C{fail}).
+    Rows of the key ids in C{revoked} (as when they are written) are left
+    out, as the database does.
     """
 
     def __init__(self) -> None:
+        self.revoked: set[int] = set()
         self.transactions: dict[str, TransactionRow] = {}
         self.blocks: list[tuple[int, float, list, dict]] = []
         self.balances: dict[tuple[str, str], int] = {}
@@ -70,8 +77,7 @@ class MemoryLedgerStore:
 
     def _write(self, apply) -> Deferred:
         if not self.hold:
-            apply()
-            return succeed(None)
+            return succeed(apply())
         d: Deferred = Deferred()
         self.held.append((d, apply))
         return d
@@ -79,8 +85,7 @@ class MemoryLedgerStore:
     def release(self) -> None:
         held, self.held = self.held, []
         for d, apply in held:
-            apply()
-            d.callback(None)
+            d.callback(apply())
 
     def release_all(self) -> None:
         """
@@ -96,9 +101,12 @@ class MemoryLedgerStore:
 
     def insert(self, rows):
         def apply():
-            self.commits.append([attrs.evolve(r) for r in rows])
-            for row in rows:
+            refused = {r.key_id for r in rows} & self.revoked
+            stored = [r for r in rows if r.key_id not in refused]
+            self.commits.append([attrs.evolve(r) for r in stored])
+            for row in stored:
                 self.transactions[row.transaction_id] = attrs.evolve(row)
+            return refused
 
         return self._write(apply)
 
@@ -145,12 +153,17 @@ def make_server(
     """
     config = Settings(**settings)
     ids = MessageIds(1, 10**9, 10**6)
-    hub = LocalHub(clock, ids, prepare or (lambda payload: payload),
-                   history_size=config.history_size, history_age=config.history_age)
+    broker = LocalBroker(clock, ids, "test-node", prepare or (lambda payload: payload),
+                         history_size=config.history_size, history_age=config.history_age,
+                         resume_window=config.resume_window,
+                         max_detached_per_key=config.max_detached_per_key)
+    broker.start()
     catalog = demo_catalog()
-    ledger = Ledger(catalog, store or MemoryLedgerStore(), hub, clock, genesis_snapshot(),
+    ledger = Ledger(catalog, store or MemoryLedgerStore(),
+                    lambda rows: app.announce_transactions(rows), clock, genesis_snapshot(),
                     commit_batch=config.commit_batch)
-    server = Server(config, clock, hub, catalog, FakeKeyStore(), ledger)
+    app = Application(config, clock, "test-node", catalog, ledger, broker, Fanout())
+    server = Server(app, FakeKeyStore())
     server.ready = True
     return server
 
@@ -212,3 +225,11 @@ def send(session: Session, message: Any) -> None:
     """
     payload = message if isinstance(message, bytes) else orjson.dumps(message)
     session.message_received(payload, False)
+
+
+def publish(server: Server, channel: str, key: str, data: dict, retain: bool = True) -> Update:
+    """
+    Publish one update through the server's broker; return it.
+    """
+    (update,) = server.app.broker.publish([Publication(channel, key, data, retain)]).result
+    return update

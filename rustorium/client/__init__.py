@@ -29,6 +29,7 @@ from .errors import (
     RateLimitExceeded,
     RustoriumError,
     SubscriptionLimit,
+    TLSHandshakeFailed,
     UnknownType,
 )
 from .service import DEFAULT_URL, RustoriumClient
@@ -53,6 +54,7 @@ __all__ = [
     "RustoriumError",
     "Subscription",
     "SubscriptionLimit",
+    "TLSHandshakeFailed",
     "UnknownType",
     "backoff",
 ]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import orjson
+from autobahn.websocket.util import parse_url
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.defer import TimeoutError as ReplyTimeout
 from twisted.internet.error import ConnectError, DNSLookupError
@@ -32,6 +33,7 @@ from .errors import (
     ConnectionRejected,
     HandshakeRefused,
     RustoriumError,
+    TLSHandshakeFailed,
 )
 from .service import DEFAULT_URL, RustoriumClient
 from .subscription import Gap, Subscription
@@ -84,6 +86,13 @@ def check_arguments(args: argparse.Namespace) -> None:
     Settle the API key and parse the JSON data, or exit with a usage error.
     """
     parser: argparse.ArgumentParser = args.command_parser
+    try:
+        parse_url(args.url)
+    except ValueError as e:
+        if not args.url.startswith(("ws://", "wss://")):
+            parser.error(f"the URL must start with ws:// or wss://, such as {DEFAULT_URL} "
+                         f"(got {args.url!r})")
+        parser.error(f"bad --url {args.url!r}: {e}")
     if args.api_key is None:
         args.api_key = os.environ.get(KEY_VARIABLE) or None
     if args.api_key is None:
@@ -132,9 +141,9 @@ def _say(stream: TextIO, text: str) -> None:
     stream.flush()
 
 
-def _problem(error: BaseException) -> str:
-    if isinstance(error, (ConnectError, DNSLookupError)):
-        return f"cannot connect: {error}"
+def _problem(error: BaseException, url: str) -> str:
+    if isinstance(error, (ConnectError, DNSLookupError, TLSHandshakeFailed)):
+        return f"cannot connect to {url}: {error}"
     return str(error) or type(error).__name__
 
 
@@ -147,17 +156,19 @@ def call(reactor: Any, args: argparse.Namespace, stdout: TextIO, stderr: TextIO,
     """
     client = make_client(args.url, args.api_key, reactor=reactor)
     client.startService()
+    waiting_for = "no connection to"
     try:
         yield client.when_ready(fail_after_failures=1).addTimeout(args.timeout, reactor)
+        waiting_for = "no reply from"
         reply = yield client.request(args.type, args.data).addTimeout(args.timeout, reactor)
     except RustoriumError as e:
         _line(stdout, e.reply)
         return 1
     except Exception as e:
         if isinstance(e, ReplyTimeout):
-            _say(stderr, f"no reply from {args.url} within {args.timeout:g} s")
+            _say(stderr, f"{waiting_for} {args.url} within {args.timeout:g} s")
         else:
-            _say(stderr, _problem(e))
+            _say(stderr, _problem(e, args.url))
         return 1
     finally:
         yield client.stopService()
@@ -174,7 +185,15 @@ def listen(reactor: Any, args: argparse.Namespace, stdout: TextIO, stderr: TextI
     """
 
     def update(message: dict) -> None:
-        _line(stdout, message)
+        if reader_left:
+            return
+        try:
+            _line(stdout, message)
+        except BrokenPipeError:
+            # The reader is gone (``listen ... | head``): end quietly, as
+            # Unix tools do, and let the shutdown close the connection.
+            reader_left.append(True)
+            client.stopService()
 
     def gap(subscription: Subscription, info: Gap) -> None:
         detail = f" ({info.lost_from} to {info.lost_to})" if info.lost_from else ""
@@ -185,6 +204,7 @@ def listen(reactor: Any, args: argparse.Namespace, stdout: TextIO, stderr: TextI
         _say(stderr, f"reconnected: recovered {orjson.dumps(data.get('recovered')).decode()}, "
                      f"{data.get('replayed')} updates replayed")
 
+    reader_left: list[bool] = []
     client = make_client(args.url, args.api_key, reactor=reactor, on_gap=gap,
                          on_reconnect=reconnected)
     client.startService()
@@ -202,8 +222,9 @@ def listen(reactor: Any, args: argparse.Namespace, stdout: TextIO, stderr: TextI
         return 1
     except (ConnectionLost, ClientStopped):
         return 0
-    except (HandshakeRefused, ConnectionRejected, ConnectError, DNSLookupError) as e:
-        _say(stderr, _problem(e))
+    except (HandshakeRefused, ConnectionRejected, TLSHandshakeFailed, ConnectError,
+            DNSLookupError) as e:
+        _say(stderr, _problem(e, args.url))
         yield client.stopService()
         return 1
     return 0
@@ -228,6 +249,12 @@ def run(args: argparse.Namespace) -> int:
 
     def main(reactor: Any) -> Deferred:
         def leave(code: int) -> None:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                # What is left in the buffer has no reader: drop it rather
+                # than fail again at exit (Python's documented recipe).
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(code)
 
         return command(reactor, args, sys.stdout, sys.stderr).addCallback(leave)

@@ -151,6 +151,27 @@ class HandshakeRefused(Exception):
         return f"the server refused the connection: HTTP {self.status} {self.reason}"
 
 
+class TLSHandshakeFailed(Exception):
+    """
+    The TLS handshake of the client's first connection failed: the server's
+    certificate is not trusted (C{SSL_CERT_FILE} names extra trusted CAs)
+    or not for the URL's host name, or the two sides share no TLS version.
+    Retrying cannot help, so the client stopped. Once a connection has been
+    ready, a failed TLS handshake is retried like any failed connection: a
+    renewed certificate may cure it.
+
+    @ivar detail: what OpenSSL or the host name check said, such as
+        C{"certificate verify failed: self-signed certificate"}.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"TLS handshake failed: {self.detail}"
+
+
 class ConnectionRejected(Exception):
     """
     The server closed the connection with a code in 4000-4099, "do not

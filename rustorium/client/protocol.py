@@ -2,16 +2,21 @@
 The client's WebSocket layer: Autobahn protocol and factory, framing only.
 
 The protocol hands every text message to the client's session and tells
-the client when the connection opens and closes (with the close code, or
-the HTTP status of a refused handshake). It implements L{IClientConnection}
-for the session. It knows WebSocket and nothing of the API.
+the client when the connection opens and closes (with the close code, the
+HTTP status of a refused handshake, or why the TLS handshake failed). It
+implements L{IClientConnection} for the session. It knows WebSocket and
+nothing of the API.
 """
 
 import re
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import __version__
@@ -35,6 +40,7 @@ class RustoriumClientProtocol(WebSocketClientProtocol):
     _log = Logger()
     _opened = False
     _ended = False
+    _tls_failure: str | None = None
 
     def onOpen(self) -> None:
         self._opened = True
@@ -54,6 +60,12 @@ class RustoriumClientProtocol(WebSocketClientProtocol):
         except Exception:
             self._log.failure("Handling a message from the server failed")
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Autobahn's onClose gets only a string: keep what failed in TLS.
+        if not self._opened:
+            self._tls_failure = tls_failure(reason.value, self.transport, self.factory.host)
+        super().connectionLost(reason)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._ended:
             return
@@ -62,7 +74,9 @@ class RustoriumClientProtocol(WebSocketClientProtocol):
         if not self._opened:
             status = _refusal(getattr(self, "http_status_line", None))
         try:
-            self.factory.rustorium_client.connection_closed(self, code, reason, status)
+            self.factory.rustorium_client.connection_closed(
+                self, code, reason, status, tls_failure=self._tls_failure
+            )
         except Exception:
             self._log.failure("Handling a closed client connection failed")
 
@@ -94,13 +108,53 @@ def _refusal(status_line: str | None) -> tuple[int, str] | None:
     return int(match.group(1)), match.group(2).strip()
 
 
+def tls_failure(error: BaseException, transport: Any, host: str) -> str | None:
+    """
+    What went wrong in a failed TLS handshake, in one line (the reason
+    OpenSSL gave, and why it rejected the certificate); C{None} when
+    C{error} is not a TLS failure.
+    """
+    if isinstance(error, VerificationError):
+        why = _verify_result(transport)
+        also = f" (and: {why})" if why else ""
+        return f"certificate verify failed: the certificate is not for {host}{also}"
+    if not isinstance(error, SSL.Error):
+        return None
+    entries = error.args[0] if error.args and isinstance(error.args[0], list) else []
+    reasons = [entry[-1] for entry in entries if isinstance(entry, tuple) and entry[-1]]
+    failure = "; ".join(reasons) or str(error) or "the TLS handshake failed"
+    if "certificate verify failed" in failure:
+        why = _verify_result(transport)
+        if why:
+            failure = f"{failure}: {why}"
+    return failure
+
+
+def _verify_result(transport: Any) -> str | None:
+    """
+    Why OpenSSL rejected the server's certificate (C{"self-signed
+    certificate"}, C{"certificate has expired"}), from the connection's
+    verify result. pyOpenSSL has no public call for it, so this reaches
+    into its bindings, and gives up quietly if they change.
+    """
+    try:
+        from OpenSSL._util import ffi, lib
+
+        code = lib.SSL_get_verify_result(transport.getHandle()._ssl)
+        if code == 0:
+            return None
+        return ffi.string(lib.X509_verify_cert_error_string(code)).decode()
+    except Exception:
+        return None
+
+
 class RustoriumClientFactory(WebSocketClientFactory):
     """
     Builds the connections of one client.
 
     @ivar rustorium_client: what the protocol reports to: an object with
         C{connection_opened(protocol)}, C{message_received(payload)} and
-        C{connection_closed(protocol, code, reason, refusal)}.
+        C{connection_closed(protocol, code, reason, refusal, tls_failure=...)}.
     """
 
     protocol = RustoriumClientProtocol

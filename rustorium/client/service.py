@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .backoff import backoff
-from .errors import ConnectionRejected, HandshakeRefused
+from .errors import ConnectionRejected, HandshakeRefused, TLSHandshakeFailed
 from .protocol import RustoriumClientFactory
 from .session import ClientSession, OnLost
 from .subscription import Gap, Subscription, Update
@@ -69,8 +69,8 @@ class RustoriumClient(Service):
     Every command returns a Deferred that fires with the reply's C{data},
     or fails with a L{RustoriumError} subclass for an C{error} reply,
     L{ConnectionLost} when the connection was lost before the reply, or
-    L{ClientStopped}, L{HandshakeRefused} or L{ConnectionRejected} when the
-    client stopped.
+    L{ClientStopped}, L{HandshakeRefused}, L{ConnectionRejected} or
+    L{TLSHandshakeFailed} when the client stopped.
     """
 
     _log = Logger()
@@ -130,6 +130,7 @@ class RustoriumClient(Service):
         self._stop_waiters: list[Deferred] = []
         self._gave_up: Exception | None = None
         self._was_stopped = False
+        self._was_ready = False
 
     # IService
 
@@ -137,6 +138,7 @@ class RustoriumClient(Service):
         super().startService()
         self._gave_up = None
         self._was_stopped = False
+        self._was_ready = False
         self._attempt = 0
         self._session.start()
         self._connector.startService()
@@ -151,6 +153,11 @@ class RustoriumClient(Service):
         self._was_stopped = True
         self._session.stop()
         protocol = self._protocol
+        if self._gave_up is not None:
+            # The connection is gone and the connector was stopped when the
+            # client gave up; this may run inside that very stop (from a
+            # when_stopped callback), which must not be reentered.
+            return succeed(None)
         if protocol is not None:
             closed: Deferred = Deferred()
             self._closing.append(closed)
@@ -197,9 +204,9 @@ class RustoriumClient(Service):
     def when_stopped(self) -> Deferred:
         """
         A Deferred firing with C{None} when the client is stopped, or
-        failing with L{HandshakeRefused} or L{ConnectionRejected} when it
-        gives up because the server will not have it (at once if it has
-        stopped or given up already).
+        failing with L{HandshakeRefused}, L{ConnectionRejected} or
+        L{TLSHandshakeFailed} when it gives up because the server will not
+        have it (at once if it has stopped or given up already).
         """
         if self._gave_up is not None:
             return fail(self._gave_up)
@@ -314,10 +321,15 @@ class RustoriumClient(Service):
         self._session.message_received(payload)
 
     def connection_closed(self, protocol: Any, code: int | None, reason: str | None,
-                          refusal: tuple[int, str] | None) -> None:
+                          refusal: tuple[int, str] | None,
+                          tls_failure: str | None = None) -> None:
         """
         A connection ended (or its handshake failed): decide whether and
         how soon to reconnect.
+
+        @param refusal: the HTTP status and reason of a refused opening
+            handshake.
+        @param tls_failure: why the TLS handshake failed, if it did.
         """
         if protocol is self._protocol:
             self._protocol = None
@@ -334,6 +346,13 @@ class RustoriumClient(Service):
                 return
             self._log.info("The server refused the handshake: HTTP {status} {phrase}",
                            status=status, phrase=phrase)
+        elif tls_failure is not None:
+            if not self._was_ready:
+                # Nothing ever worked: a certificate, CA or URL to fix.
+                self._give_up(TLSHandshakeFailed(tls_failure))
+                return
+            self._log.warn("TLS handshake with {url} failed: {failure}",
+                           url=self.url, failure=tls_failure)
         elif code in FINAL_CLOSE_CODES:
             self._give_up(ConnectionRejected(code, reason or ""))
             return
@@ -360,6 +379,7 @@ class RustoriumClient(Service):
 
     def _ready(self) -> None:
         self._attempt = 0
+        self._was_ready = True
 
     def _give_up(self, error: Exception) -> None:
         self._gave_up = error

@@ -7,6 +7,8 @@ functions; on start it reads it back with L{load_ledger}.
 
 import attrs
 
+from .keys import revoked_among
+
 
 @attrs.define(slots=True)
 class TransactionRow:
@@ -66,9 +68,17 @@ def _row(values) -> TransactionRow:
                           confirmed_at)
 
 
-def insert_transactions(txn, rows: list[TransactionRow]) -> None:
+def insert_transactions(txn, rows: list[TransactionRow]) -> set[int]:
     """
-    Store newly accepted transactions, all in the caller's transaction.
+    Store newly accepted transactions, all in the caller's transaction,
+    except those of API keys revoked (or gone) by then; return the ids of
+    those keys.
+
+    The rows are written first and the keys checked after: the first write
+    takes the database's write lock, so the check reads the latest keys and
+    no revocation can commit between it and this transaction's commit. A
+    revocation is therefore either seen here or stored after these rows.
+    (PostgreSQL will need C{FOR SHARE} on the keys' rows for the same.)
     """
     txn.executemany(
         f"INSERT INTO transactions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -76,6 +86,13 @@ def insert_transactions(txn, rows: list[TransactionRow]) -> None:
           r.key_id, r.idempotency_key, r.submitted_at, r.reason, r.block_number, r.confirmed_at)
          for r in rows],
     )
+    refused = revoked_among(txn, sorted({r.key_id for r in rows}))
+    if refused:
+        txn.executemany(
+            "DELETE FROM transactions WHERE seq = ?",
+            [(r.seq,) for r in rows if r.key_id in refused],
+        )
+    return refused
 
 
 def write_block(

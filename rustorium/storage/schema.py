@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from .engines import IDatabaseEngine
 
-LATEST_VERSION = 2
+LATEST_VERSION = 3
 
 log = Logger()
 

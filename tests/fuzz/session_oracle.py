@@ -197,7 +197,8 @@ class Harness:
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.server = make_server(
-            self.clock, rate_limit=1e9, rate_burst=10**9, flood_limit=10**9
+            self.clock, rate_limit=1e9, rate_burst=10**9, key_rate_limit=1e9,
+            key_rate_burst=10**9, flood_limit=10**9
         )
         self.logged_errors = logged_errors
         self.name = name

@@ -56,12 +56,15 @@ class ServerProcess:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1"
 
+    def command(self) -> list[str]:
+        return [str(BIN / "twistd"), "-n", "--pidfile=", *self.twistd_args, "rustorium",
+                "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+                "--database", self.database, *self.args]
+
     def start(self, timeout: float = 20.0) -> "ServerProcess":
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [str(BIN / "twistd"), "-n", "--pidfile=", *self.twistd_args, "rustorium",
-             "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-             "--database", self.database, *self.args],
+            self.command(),
             cwd=self.directory, env=environment(), stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
@@ -74,6 +77,17 @@ class ServerProcess:
             except OSError:
                 time.sleep(0.05)
         raise AssertionError(f"server did not listen within {timeout} s:\n{self.output()}")
+
+    def run_refused(self, timeout: float = 30.0) -> tuple[int, str]:
+        """
+        Run a server expected to refuse to start: its exit status and
+        output (standard output and error together).
+        """
+        result = subprocess.run(
+            self.command(), cwd=self.directory, env=environment(), timeout=timeout,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        return result.returncode, result.stdout.decode("utf-8", "replace")
 
     def output(self) -> str:
         return self.log_path.read_bytes().decode("utf-8", "replace")

@@ -9,7 +9,11 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -149,27 +153,67 @@ def test_call_without_key():
     assert "RUSTORIUM_API_KEY" in result.stderr
 
 
-def test_listen_prints_json_lines(start_server):
+@contextmanager
+def listening(url: str, *args: str, key: str, **popen: Any) -> Iterator[subprocess.Popen]:
     """
-    ``rustorium listen`` prints each update as one JSON line until it is
-    interrupted, then closes its connection and exits 0.
+    ``rustorium listen --url URL ARGS...`` as a child process with its
+    standard output and error piped; killed at the end if still running.
     """
-    server = start_server("--tick-interval", "0.05")
     env = environment()
-    env["RUSTORIUM_API_KEY"] = server.demo_key()
+    env["RUSTORIUM_API_KEY"] = key
     process = subprocess.Popen(
-        [str(BIN / "rustorium"), "listen", "--url", server.url, "market_data", "MTK/USD"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [str(BIN / "rustorium"), "listen", "--url", url, *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen,
     )
     try:
-        first = process.stdout.readline()
-        time.sleep(1.0)
-        process.send_signal(signal.SIGINT)
-        rest, errors = process.communicate(timeout=15)
+        yield process
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
+def default_sigint() -> None:
+    """
+    Give the child SIGINT's default action. A shell starts background jobs
+    (pytest run with ``&``) with SIGINT ignored, their children inherit
+    that, and a process that starts with SIGINT ignored rightly leaves it
+    ignored: a terminal's Ctrl-C is not meant for it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("command", [["call", "ping"], ["listen", "market_data", "MTK/USD"]])
+def test_url_must_be_a_websocket_url(command):
+    """
+    An http:// URL is a usage error (exit status 2) saying what the URL
+    must be, in one line after the usage; it used to be a traceback.
+    """
+    url = "http://127.0.0.1:8765/v1"
+    result = rustorium(command[0], "--url", url, *command[1:], key="rk_x")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"rustorium {command[0]}: error: the URL must start with ws:// or wss://, "
+        f"such as ws://127.0.0.1:8765/v1 (got '{url}')")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_listen_prints_json_lines(start_server, stop):
+    """
+    ``rustorium listen`` prints each update as one JSON line until it is
+    interrupted (Ctrl-C, SIGINT) or terminated (SIGTERM), then closes its
+    connection and exits 0.
+    """
+    server = start_server("--tick-interval", "0.05")
+    with listening(server.url, "market_data", "MTK/USD", key=server.demo_key(),
+                   preexec_fn=default_sigint) as process:
+        first = process.stdout.readline()
+        time.sleep(1.0)
+        process.send_signal(stop)
+        rest, errors = process.communicate(timeout=15)
     assert process.returncode == 0, errors
     updates = [json.loads(line) for line in [first, *rest.splitlines()]]
     assert len(updates) >= 10
@@ -179,3 +223,41 @@ def test_listen_prints_json_lines(start_server):
     numbers = [number(u) for u in updates]
     assert numbers == sorted(set(numbers))
     assert "subscribed sub_" in errors
+
+
+def test_listen_ends_quietly_when_its_reader_leaves(start_server):
+    """
+    ``rustorium listen ... | head -2``: once the reader has closed the pipe,
+    listen exits 0 at the next update, as Unix tools do, without a
+    traceback on standard error.
+    """
+    server = start_server("--tick-interval", "0.05")
+    with listening(server.url, "market_data", "MTK/USD", key=server.demo_key()) as process:
+        lines = [process.stdout.readline(), process.stdout.readline()]
+        process.stdout.close()
+        status = process.wait(timeout=15)
+        errors = process.stderr.read()
+    assert [json.loads(line)["type"] for line in lines] == ["update", "update"]
+    assert status == 0, errors
+    assert "Traceback" not in errors and "Error" not in errors, errors
+    assert len(errors.splitlines()) <= 1, errors  # "subscribed sub_..."
+
+
+def test_listen_exits_when_its_key_is_revoked(start_server):
+    """
+    When the key is revoked the server closes the connection with 4001;
+    listen prints the code and reason in one line and exits 1.
+    """
+    server = start_server("--tick-interval", "0.05", "--key-check-interval", "0.2")
+    server.demo_key()
+    key = server.create_key("--name", "doomed")
+    with listening(server.url, "market_data", "MTK/USD", key=key) as process:
+        assert json.loads(process.stdout.readline())["type"] == "update"
+        subprocess.run([str(BIN / "rustorium"), "keys", "revoke", "--database",
+                        server.database, "2"], env=environment(), check=True,
+                       capture_output=True)
+        _, errors = process.communicate(timeout=15)
+    assert process.returncode == 1, errors
+    assert "Traceback" not in errors, errors
+    assert errors.splitlines()[-1] == (
+        "rustorium: the server closed the connection with code 4001: API key revoked")

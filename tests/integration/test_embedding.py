@@ -4,6 +4,9 @@ beside its other services, and the API mounted in an existing twisted.web
 site, each talked to by a real client over a real socket.
 """
 
+from urllib.error import HTTPError
+
+import pytest
 import pytest_twisted
 from twisted.application.service import MultiService, Service
 from twisted.internet import reactor, threads
@@ -96,6 +99,9 @@ def test_mounted_in_a_site(tmp_path):
         assert kinds == ["subscription_confirmation", "update", "pong"]
         page = yield threads.deferToThread(http_get, f"http://127.0.0.1:{port}/hello")
         assert page == b"host page"
+        with pytest.raises(HTTPError) as raised:
+            yield threads.deferToThread(http_get, f"http://127.0.0.1:{port}/api/ws")
+        assert raised.value.code == 426
     finally:
         yield rustorium.stopService()
         yield listening.stopListening()

@@ -1,6 +1,7 @@
 """
-The spec's own client examples, with only their URL changed, against the
-real server: what a newcomer does first.
+The spec's own client examples, with only their URL changed, and the
+project's example script (``examples/``), against the real server: what a
+newcomer does first.
 """
 
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, environment
 
 SPEC_URL = "wss://ws.rustorium.com/v1?api_key=YOUR_API_KEY"
 
@@ -130,3 +131,28 @@ def test_node_example(server, tmp_path, node_modules):
     output = run_for(["node", str(script)], 4, tmp_path)
     assert "type: 'subscription_confirmation'" in output, output
     assert len(re.findall(r"type: 'update'", output)) >= 6, output
+
+
+def test_watch_and_transfer(server):
+    """
+    examples/watch_and_transfer.py, the complete client script the docs
+    point to, run as they say against a fresh server with its demo key:
+    it watches Alice, moves 1.5 MTK to Bob, sees the transfer pending then
+    confirmed, prints both balances and exits 0.
+    """
+    env = environment()
+    env["RUSTORIUM_API_KEY"] = server.demo_key()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "watch_and_transfer.py"), "--url", server.url],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    alice = "0xa11ce00000000000000000000000000000000001"
+    bob = "0xb0b0000000000000000000000000000000000002"
+    watching, sent, pending, confirmed, *balances = result.stdout.splitlines()
+    assert watching == f"watching {alice}"
+    assert re.fullmatch(r"sent 0x[0-9a-f]{64}: pending", sent), sent
+    assert pending == f"transaction pending: 1.5 MTK from {alice} to {bob}"
+    assert re.fullmatch(rf"transaction confirmed in block \d+: 1\.5 MTK from {alice} to {bob}",
+                        confirmed), confirmed
+    assert balances == [f"balance of {alice}: 599998.5 MTK", f"balance of {bob}: 400001.5 MTK"]

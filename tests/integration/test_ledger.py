@@ -13,7 +13,8 @@ ALICE = "0xa11ce00000000000000000000000000000000001"
 BOB = "0xb0b0000000000000000000000000000000000002"
 CAROL = "0x" + "c" * 40
 MTK = "0x00000000000000000000000000000000004d544b"
-FAST = ("--rate-limit", "5000", "--rate-burst", "5000")
+FAST = ("--rate-limit", "5000", "--rate-burst", "5000",
+        "--key-rate-limit", "5000", "--key-rate-burst", "5000")
 
 
 def number(message):

@@ -5,10 +5,12 @@ Operators' view of the real server: health, metrics, logs and shutdown.
 import json
 import re
 import signal
+import subprocess
 import time
 from urllib.error import HTTPError
 
 from tests.integration.client import Client, http_get
+from tests.integration.conftest import BIN, environment
 
 CLEAN_EXIT = (0, -signal.SIGTERM)
 
@@ -76,7 +78,33 @@ def test_connection_log_lines(server):
     closed = [line for line in log.splitlines() if "Connection closed" in line]
     assert len(opened) == len(closed) == 1
     assert "key demo" in opened[0] and "127.0.0.1" in opened[0]
+    assert "closed by the client" in closed[0] and "code 1000" in closed[0]
     assert key not in opened[0] + closed[0]
+
+
+def test_revoked_connection_log_lines(start_server):
+    """
+    A connection cut because its key was revoked (with `rustorium keys
+    revoke`) logs why, and its close line shows the code the server sent
+    (4001), not the one the client answered with.
+    """
+    server = start_server("--key-check-interval", "0.2")
+    server.demo_key()  # key 1, made once listening
+    key = server.create_key("--name", "doomed")
+    with Client(server.url, key) as client:
+        client.request("ping")
+        subprocess.run([str(BIN / "rustorium"), "keys", "revoke", "--database",
+                        server.database, "2"], env=environment(), check=True,
+                       capture_output=True)
+        assert client.wait_closed()[0] == 4001
+    deadline = time.monotonic() + 5
+    while "Connection closed" not in server.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = server.output().splitlines()
+    [revoked] = [line for line in lines if "revoked" in line and "Closing" in line]
+    assert "key doomed" in revoked and "127.0.0.1" in revoked
+    [closed] = [line for line in lines if "Connection closed" in line]
+    assert "closed by the server" in closed and "code 4001" in closed
 
 
 def test_unknown_page(server):
@@ -129,8 +157,8 @@ def test_graceful_shutdown(start_server):
 
 def test_json_logs(start_server):
     """
-    With the JSON observer every log line is a JSON event, and a presented
-    key never appears.
+    With the JSON observer every line of the output is one JSON object (no
+    RFC 7464 record separators), and a presented key never appears.
     """
     server = start_server(twistd_args=("--logger=rustorium.logs.json_observer",))
     key = server.create_key("--name", "json")
@@ -138,6 +166,9 @@ def test_json_logs(start_server):
         client.request("ping")
     time.sleep(0.3)
     output = server.output()
-    events = [json.loads(line.strip("\x1e")) for line in output.splitlines() if line.strip()]
+    lines = output.splitlines()
+    assert len(lines) > 5
+    events = [json.loads(line) for line in lines]
+    assert all(isinstance(event, dict) for event in events)
     assert any(e.get("log_format", "").startswith("Connection opened") for e in events)
     assert key not in output

@@ -6,6 +6,7 @@ heartbeats and restarts, seen from outside.
 import signal
 import subprocess
 import time
+from urllib.error import HTTPError
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -41,6 +42,34 @@ class TestHandshake:
         with pytest.raises(InvalidStatus) as raised:
             Client(server.url.replace("/v1", "/v2"), server.demo_key())
         assert raised.value.response.status_code == 404
+
+    @pytest.mark.parametrize("path", ["/", "/healthz", "/v1/x"])
+    def test_handshake_on_a_wrong_path(self, server, path):
+        """
+        A WebSocket handshake anywhere but /v1 (pages included, where a
+        plain GET answers 200) is refused with 404 naming /v1.
+        """
+        with pytest.raises(InvalidStatus) as raised:
+            Client(f"ws://127.0.0.1:{server.port}{path}", server.demo_key())
+        response = raised.value.response
+        assert response.status_code == 404
+        assert "/v1" in response.reason_phrase
+
+    @pytest.mark.parametrize("with_key", [False, True])
+    def test_plain_get_of_the_api(self, server, with_key):
+        """
+        A plain HTTP GET of /v1, with a key or without, is refused with 426
+        Upgrade Required and an Upgrade header, not a status page.
+        """
+        url = f"http://127.0.0.1:{server.port}/v1"
+        if with_key:
+            url += f"?api_key={server.demo_key()}"
+        with pytest.raises(HTTPError) as raised:
+            http_get(url)
+        assert raised.value.code == 426
+        assert raised.value.headers["Upgrade"].lower() == "websocket"
+        body = raised.value.read().decode()
+        assert "WebSocket" in body and "<html" not in body.lower()
 
     def test_key_created_while_running(self, server):
         """
@@ -138,6 +167,7 @@ class TestLifecycle:
 
     def test_revoked_key_is_cut(self, start_server):
         server = start_server("--key-check-interval", "0.2")
+        server.demo_key()  # key 1, made once listening
         key = server.create_key("--name", "doomed")
         with Client(server.url, key) as client:
             client.request("ping")

@@ -94,7 +94,8 @@ def close_code(sock: socket.socket, timeout: float = 10.0) -> int | None:
 def test_slow_reader(start_server):
     server = start_server("--tick-interval", "0.01", "--max-backlog", "65536",
                           "--send-buffer", "16384",
-                          "--rate-limit", "5000", "--rate-burst", "5000")
+                          "--rate-limit", "5000", "--rate-burst", "5000",
+                          "--key-rate-limit", "5000", "--key-rate-burst", "5000")
     key = server.demo_key()
     pid = server.process.pid
     with Client(server.url, key) as watcher:

@@ -336,3 +336,27 @@ def test_command_line_client_over_tls(start_server, files):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["type"] == "pong"
+
+
+@pytest.mark.parametrize("command", [["call", "ping"], ["listen", "market_data", "MTK/USD"]])
+def test_command_line_client_names_an_untrusted_certificate(start_server, files, command):
+    """
+    Without the CA, ``rustorium call`` and ``rustorium listen`` exit 1 at
+    once with one line that says why OpenSSL refused the certificate
+    (``call`` used to say "no reply within 10 s", ``listen`` retried for
+    ever), without ``-v``.
+    """
+    server, port = start_tls(start_server, files)
+    env = environment()
+    env.pop("SSL_CERT_FILE", None)
+    url = f"wss://localhost:{port}/v1"
+    result = subprocess.run(
+        [str(BIN / "rustorium"), command[0], "--url", url, "--api-key", server.demo_key(),
+         *command[1:]],
+        env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"rustorium: cannot connect to {url}: TLS handshake failed: certificate verify "
+        f"failed: unable to get local issuer certificate"], result.stderr

@@ -597,7 +597,7 @@ def test_real_traffic(clock) -> None:
     every kind of message it can send today is among it.
     """
     server = make_server(clock)
-    market = MarketService(server.catalog, server.hub, clock, 1.0, 1, lambda token_id: 0)
+    market = MarketService(server.catalog, server.app.publish, clock, 1.0, 1, lambda token_id: 0)
     market.tick()
     session, connection = open_session(server)
 

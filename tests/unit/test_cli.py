@@ -3,6 +3,8 @@ The rustorium command: keys create, list, revoke (on SQLite and on a
 throwaway PostgreSQL: the C{database_url} fixture).
 """
 
+import pytest
+
 from rustorium.apikeys import hash_key
 from rustorium.cli import main
 from rustorium.storage import engine_from_url, run_blocking
@@ -13,7 +15,7 @@ ADDRESS = "0x" + "A" * 40
 
 def test_create_prints_key_last(database_url, capsys):
     url = database_url
-    assert main(["keys", "create", "--database", url, "--name", "bot",
+    assert main(["keys", "create", "--database", url, "--create-database", "--name", "bot",
                  "--address", ADDRESS]) == 0
     lines = capsys.readouterr().out.splitlines()
     key = lines[-1]
@@ -25,7 +27,7 @@ def test_create_prints_key_last(database_url, capsys):
 
 def test_list_and_revoke(database_url, capsys):
     url = database_url
-    main(["keys", "create", "--database", url, "--name", "one"])
+    main(["keys", "create", "--database", url, "--create-database", "--name", "one"])
     key = capsys.readouterr().out.splitlines()[-1]
     assert main(["keys", "list", "--database", url]) == 0
     listing = capsys.readouterr().out
@@ -39,8 +41,6 @@ def test_list_and_revoke(database_url, capsys):
 
 
 def test_bad_address(tmp_path, capsys):
-    import pytest
-
     with pytest.raises(SystemExit):
         main(["keys", "create", "--database", f"sqlite:{tmp_path / 'r.db'}",
               "--address", "alice"])
@@ -50,6 +50,27 @@ def test_bad_address(tmp_path, capsys):
 def test_bad_database(capsys):
     assert main(["keys", "list", "--database", "mysql:x"]) == 1
     assert "unsupported scheme" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", [["list"], ["revoke", "1"], ["create", "--name", "bot"]])
+def test_missing_database_is_an_error(tmp_path, capsys, monkeypatch, action):
+    """
+    A database that does not exist is an error with a one-line message
+    naming the file, and none is created: a mistyped --database (or the
+    default one, in the wrong directory) used to make a new, empty one.
+    """
+    monkeypatch.chdir(tmp_path)
+    assert main(["keys", *action[:1], "--database", "sqlite:typo.db", *action[1:]]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"rustorium: no database at {tmp_path / 'typo.db'} "
+                           "(--database sqlite:typo.db); ")
+    hint = "--create-database" if action[0] == "create" else "the server creates it"
+    assert hint in line
+    assert main(["keys", *action[:1], *action[1:]]) == 1  # the default, rustorium.db
+    assert "rustorium.db" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unreachable_postgresql(capsys):

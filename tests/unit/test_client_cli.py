@@ -69,10 +69,10 @@ class Run:
     A command run in-process against the in-memory server.
     """
 
-    def __init__(self, clock, command, key=API_KEY, refuse=False, **arguments):
+    def __init__(self, clock, command, key=API_KEY, refuse=False, stdout=None, **arguments):
         self.network = MemoryNetwork(clock)
         self.network.refuse = refuse
-        self.stdout = io.StringIO()
+        self.stdout = stdout if stdout is not None else io.StringIO()
         self.stderr = io.StringIO()
         args = argparse.Namespace(url=URL, api_key=key, timeout=10.0, **arguments)
 
@@ -151,6 +151,18 @@ def test_call_without_reply_times_out(clock):
     assert "no reply" in run.stderr.getvalue()
 
 
+def test_call_without_a_ready_connection_times_out(clock):
+    """
+    While the server refuses handshakes it may outgrow (503: starting),
+    call keeps trying until --timeout, then says it got no connection, not
+    that the request went unanswered.
+    """
+    run = Run(clock, call, type="ping", data=None)
+    run.network.server.ready = False
+    assert run.until_done() == 1
+    assert run.stderr.getvalue() == f"rustorium: no connection to {URL} within 10 s\n"
+
+
 def test_listen_prints_updates(clock):
     """
     listen prints each update as one JSON line on standard output and
@@ -194,3 +206,42 @@ def test_listen_error_reply(clock):
     assert run.until_done() == 1
     (reply,) = run.lines()
     assert reply["data"]["code"] == "not_found"
+
+
+def test_listen_exits_on_a_revoked_key(clock, logged_errors):
+    """
+    When the server closes the connection with 4001 (the key was revoked),
+    listen says so with the code and reason and exits 1. It used to crash:
+    it stopped the client from inside the client's own stopping.
+    """
+    run = Run(clock, listen, channel="market_data", subscriptions=[{"symbols": ["MTK/USD"]}])
+    run.network.advance(1)
+    for session in run.network.sessions():
+        session.close(CloseCode.KEY_REVOKED, "API key revoked")
+    assert run.until_done() == 1
+    assert run.stderr.getvalue().splitlines()[-1] == (
+        "rustorium: the server closed the connection with code 4001: API key revoked")
+    logged_errors.clear()
+
+
+class ClosedPipe(io.StringIO):
+    """
+    Standard output whose reader has gone, as after ``| head``.
+    """
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_listen_ends_when_its_reader_leaves(clock):
+    """
+    When standard output's reader has gone, listen stops at the first
+    update it cannot write: it closes its connection and exits 0, and
+    nothing is logged.
+    """
+    run = Run(clock, listen, stdout=ClosedPipe(), channel="market_data",
+              subscriptions=[{"symbols": ["MTK/USD"]}])
+    run.network.advance(1)
+    run.network.publish_price("MTK/USD", "1")
+    assert run.until_done(2) == 0
+    assert run.network.sessions() == []

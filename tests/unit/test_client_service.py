@@ -9,13 +9,19 @@ between reconnection attempts.
 from itertools import pairwise
 
 import pytest
+from OpenSSL import SSL
+from service_identity import VerificationError
+from service_identity.hazmat import DNS_ID, DNSMismatch
 
 from rustorium.client import (
+    ClientStopped,
     ConnectionRejected,
     HandshakeRefused,
     InvalidParams,
     RustoriumClient,
+    TLSHandshakeFailed,
 )
+from rustorium.client.protocol import tls_failure
 from rustorium.closecodes import CloseCode
 from tests.client_helpers import (
     API_KEY,
@@ -95,7 +101,7 @@ def test_commands_and_updates(clock):
     d = client.unsubscribe(subscription)
     network.flush()
     assert result_of(d)["status"] == "unsubscribed"
-    assert network.sessions()[0]._subscriptions == {}
+    assert network.sessions()[0].feed.subscriptions == {}
 
 
 def test_key_sent_as_bearer_header(clock):
@@ -359,8 +365,8 @@ def test_expired_subscription_renewed(clock):
     drop(client, network)
     network.publish_price(price="2")
     network.advance(400, step=1)
-    # What the server's expiry timer does every second.
-    assert network.server.subscriptions.expire(clock.seconds()) == 1
+    # The broker's expiry sweep, every second, has forgotten it.
+    assert network.server.app.broker.subscription_count == 0
     network.refuse = False
     network.advance(30, step=1)
     result_of(client.when_ready())
@@ -391,3 +397,85 @@ def test_too_many_connections_retried(clock):
     first.stopService()
     network.advance(4)
     assert result_of(ready) is None
+
+
+def test_stop_after_giving_up(clock, logged_errors):
+    """
+    stopService is safe from a callback of when_stopped after the client
+    gave up: the connection is already gone, so it fires at once rather
+    than stopping the reconnecting machinery a second time from inside its
+    own stopping (which raised RuntimeError).
+    """
+    network = MemoryNetwork(clock)
+    client = started(network)
+    stops = []
+    client.when_stopped().addErrback(lambda failure: stops.append(client.stopService()))
+    for session in network.sessions():
+        session.close(CloseCode.KEY_REVOKED, "API key revoked")
+    network.advance(1)
+    (stop,) = stops
+    assert result_of(stop) is None
+    assert not client.running
+    logged_errors.clear()
+
+
+UNTRUSTED = SSL.Error([("SSL routines", "", "certificate verify failed")])
+
+
+def test_tls_failure_at_first_stops_the_client(clock, logged_errors):
+    """
+    A TLS handshake that fails before any connection was ever ready (an
+    untrusted certificate, a wrong host name) cannot be cured by
+    retrying: the client stops, and its requests and when_stopped fail
+    with TLSHandshakeFailed, which says what OpenSSL said.
+    """
+    network = MemoryNetwork(clock)
+    network.tls_error = UNTRUSTED
+    client = make_client(network)
+    stopped = client.when_stopped()
+    ready = client.when_ready(fail_after_failures=1)
+    pending = client.ping()
+    client.startService()
+    network.advance(60)
+    assert len(network.attempts) == 1
+    error = failure_of(stopped, TLSHandshakeFailed)
+    assert str(error) == "TLS handshake failed: certificate verify failed"
+    failure_of(ready, TLSHandshakeFailed)
+    failure_of(pending, TLSHandshakeFailed)
+    logged_errors.clear()
+
+
+def test_tls_failure_after_ready_is_retried(clock, logged_errors):
+    """
+    Once a connection has been ready, a failing TLS handshake is retried
+    with backoff like any failed connection (a renewed certificate cures
+    it), and the client carries on when it succeeds again.
+    """
+    network = MemoryNetwork(clock)
+    client = started(network)
+    network.tls_error = UNTRUSTED
+    drop(client, network)
+    network.advance(8, step=0.25)
+    assert waits(network) == [1, 2, 4]
+    network.tls_error = None
+    network.advance(8, step=0.25)
+    pong = client.ping()
+    network.flush()
+    assert result_of(pong)["timestamp"]
+    # Autobahn logs each failed TLS handshake as an error.
+    assert all("certificate verify failed" in e["log_format"] for e in logged_errors)
+    logged_errors.clear()
+
+
+def test_tls_failure_descriptions():
+    """
+    tls_failure puts a failed TLS handshake in one line, and tells nothing
+    else apart from a connection that just ended.
+    """
+    mismatch = VerificationError(errors=[DNSMismatch(mismatched_id=DNS_ID("example.com"))])
+    assert tls_failure(mismatch, None, "example.com") == (
+        "certificate verify failed: the certificate is not for example.com")
+    assert tls_failure(UNTRUSTED, None, "h") == "certificate verify failed"
+    assert tls_failure(SSL.Error([("SSL routines", "", "wrong version number")]), None, "h") == (
+        "wrong version number")
+    assert tls_failure(ClientStopped("x"), None, "h") is None

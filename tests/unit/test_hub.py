@@ -191,3 +191,89 @@ def test_unheard_event_is_dropped(clock):
     update = hub.publish("c", "k", {}, retain=False)
     assert update.number == 1
     assert hub.replay("k", 0).count == 1
+
+
+class TestPublishEvent:
+    """
+    One event on several keys (a transfer, on its sender's and its
+    recipient's address): one number, once per subscriber.
+    """
+
+    def test_once_per_subscriber_of_either_key(self, clock):
+        """
+        A subscriber of both keys receives the event once; a subscriber of
+        either one receives it too; all get the same update.
+        """
+        hub = make_hub(clock)
+        both, sender, recipient = [], [], []
+        hub.subscribe("a", "both", both.append)
+        hub.subscribe("b", "both", both.append)
+        hub.subscribe("a", "sender", sender.append)
+        hub.subscribe("b", "recipient", recipient.append)
+        update = hub.publish_event("c", ("a", "b"), {"v": 1})
+        assert both == sender == recipient == [update]
+        assert hub.last_number == update.number
+        assert sum(hub.deliveries.values()) == 3
+
+    def test_one_key_heard(self, clock):
+        """
+        When only one key is heard the event goes there, like publish.
+        """
+        hub = make_hub(clock)
+        received = []
+        hub.subscribe("b", "x", received.append)
+        update = hub.publish_event("c", ("a", "b"), {})
+        assert received == [update]
+        assert update.key == "b"
+        assert not update.shared
+
+    def test_unheard_is_dropped(self, clock):
+        hub = make_hub(clock)
+        assert hub.publish_event("c", ("a", "b"), {}) is None
+        assert hub.last_number == 0
+
+    def test_same_key_twice(self, clock):
+        """
+        A transfer to oneself names one key twice: one delivery.
+        """
+        hub = make_hub(clock)
+        received = []
+        hub.subscribe("a", "x", received.append)
+        hub.publish_event("c", ("a", "a"), {})
+        assert len(received) == 1
+
+    def test_kept_in_each_watched_history(self, clock):
+        """
+        The event is retained once in each watched key's history, marked
+        shared there, and the mark goes when it is evicted.
+        """
+        hub = LocalHub(clock, MessageIds(1, 10**9, 10**6), history_size=1)
+        hub.watch("a")
+        hub.watch("b")
+        update = hub.publish_event("c", ("a", "b"), {})
+        assert update.shared
+        replays = [hub.replay(key, 0) for key in ("a", "b")]
+        assert [list(r) for r in replays] == [[update], [update]]
+        assert all(r.shared for r in replays)
+        hub.publish("c", "a", {}, retain=False)
+        assert not hub.replay("a", 0).shared
+        assert hub.replay("b", 0).shared
+
+    def test_leaving_during_fanout(self, clock):
+        """
+        A subscriber that leaves both keys while the event is delivered
+        does not break the fan-out, nor get it twice.
+        """
+        hub = make_hub(clock)
+        received = []
+
+        def leaving(update):
+            received.append("leaving")
+            hub.unsubscribe("a", "leaving")
+            hub.unsubscribe("b", "leaving")
+
+        hub.subscribe("a", "leaving", leaving)
+        hub.subscribe("b", "leaving", leaving)
+        hub.subscribe("b", "other", lambda u: received.append("other"))
+        hub.publish_event("c", ("a", "b"), {})
+        assert received == ["leaving", "other"]

@@ -301,6 +301,54 @@ class TestBlocks:
             assert updates[0]["amount"] == "2"
             assert updates[1]["block_number"] == 1
 
+    def test_both_ends_on_one_connection_once(self, server, clock):
+        """
+        A connection following both from and to receives each status once,
+        under one id, and so does each connection following one end.
+        """
+        both, both_conn = open_session(server, KEY)
+        follower, follower_conn = open_session(server, KEY)
+        for address in (ALICE, CAROL):
+            send(both, {"type": "subscribe",
+                        "data": {"channel": "transaction_updates", "address": address}})
+        send(follower, {"type": "subscribe",
+                        "data": {"channel": "transaction_updates", "address": CAROL}})
+        both_conn.take()
+        follower_conn.take()
+        transfer(both)
+        transaction_id = both_conn.take()[0]["data"]["transaction_id"]
+        clock.advance(0)
+        server.ledger.produce_block()
+        mine = [m for m in both_conn.take() if m["type"] == "update"]
+        theirs = [m for m in follower_conn.take() if m["type"] == "update"]
+        assert [(m["data"]["transaction_id"], m["data"]["status"]) for m in mine] == [
+            (transaction_id, "pending"), (transaction_id, "confirmed")
+        ]
+        assert [m["id"] for m in theirs] == [m["id"] for m in mine]
+
+    def test_both_ends_replayed_once(self, server, clock):
+        """
+        Resuming subscriptions of both ends replays each status once, in
+        order, with counts that say so.
+        """
+        old, old_conn = open_session(server, KEY)
+        ids = []
+        for address in (ALICE, CAROL):
+            send(old, {"type": "subscribe",
+                       "data": {"channel": "transaction_updates", "address": address}})
+            ids.append(old_conn.take()[0]["data"]["subscription_id"])
+        old.connection_lost()
+        sender, _ = open_session(server, KEY)
+        transfer(sender)
+        clock.advance(0)
+        server.ledger.produce_block()
+        _, connection = open_session(server, KEY)
+        send(_, {"id": "r", "type": "reconnect", "data": {"subscriptions": ids}})
+        confirmation, *replayed = connection.take()
+        assert confirmation["data"]["replayed"] == 2
+        assert [e["replayed"] for e in confirmation["data"]["subscriptions"]] == [2, 2]
+        assert [m["data"]["status"] for m in replayed] == ["pending", "confirmed"]
+
     def test_volume_feeds_token_updates(self, server, clock, session):
         session, _ = session
         transfer(session, amount="2.5")
@@ -309,6 +357,74 @@ class TestBlocks:
         assert server.ledger.volume_24h(MTK.token_id) == 25 * 10**17
         clock.advance(24 * 3600 + 61)
         assert server.ledger.volume_24h(MTK.token_id) == 0
+
+
+class TestRevokedKey:
+    """
+    The store refuses, in the commit itself, the rows of a key revoked
+    meanwhile; the ledger then undoes their acceptance.
+    """
+
+    def test_refused_at_commit(self, server, session, store):
+        """
+        A transfer whose key is revoked before its commit is answered
+        forbidden, stored nowhere, and its reservation is released.
+        """
+        session, connection = session
+        store.hold = True
+        transfer(session, amount="5")
+        store.revoked.add(KEY.key_id)
+        store.release()
+        [reply] = connection.take()
+        assert reply["type"] == "error"
+        assert reply["data"]["code"] == "forbidden"
+        assert "revoked" in reply["data"]["message"]
+        assert store.transactions == {}
+        assert server.ledger.pending_count == 0
+        assert balance(session, connection)["available"] == "600000"
+        assert server.ledger.produce_block().result is None
+
+    def test_other_keys_in_the_same_commit_accepted(self, clock, store):
+        """
+        Rows of other keys sharing the commit are stored and answered.
+        """
+        server = make_server(clock, store=store)
+        bob_key = ApiKey(2, "bob", frozenset({BOB}), "2026-01-01T00:00:00.000000Z")
+        alice, alice_conn = open_session(server, KEY)
+        bob, bob_conn = open_session(server, bob_key)
+        store.hold = True
+        transfer(alice, request_id="first")
+        transfer(alice, request_id="a")
+        transfer(bob, request_id="b", sender=BOB)
+        store.release()
+        store.revoked.add(KEY.key_id)
+        store.release()
+        assert [len(c) for c in store.commits] == [1, 1]
+        assert [m["type"] for m in alice_conn.take()] == [
+            "transaction_response", "error"
+        ]
+        [accepted] = bob_conn.take()
+        assert accepted["type"] == "transaction_response"
+        assert [r.key_id for r in store.transactions.values()] == [1, 2]
+
+    def test_idempotency_key_forgotten(self, session, store):
+        """
+        A repeat waiting for a refused transfer is refused too, and the
+        idempotency key is not bound to the refused transfer.
+        """
+        session, connection = session
+        store.hold = True
+        transfer(session, request_id="1", idempotency_key="k")
+        transfer(session, request_id="2", idempotency_key="k")
+        store.revoked.add(KEY.key_id)
+        store.release()
+        assert sorted((m["id"], m["data"]["code"]) for m in connection.take()) == [
+            ("1", "forbidden"), ("2", "forbidden")
+        ]
+        store.revoked.clear()
+        store.hold = False
+        transfer(session, request_id="3", idempotency_key="k")
+        assert connection.take()[0]["type"] == "transaction_response"
 
 
 class TestGetTransaction:

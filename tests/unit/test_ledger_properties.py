@@ -12,7 +12,6 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 
 from rustorium.errors import RequestError
-from rustorium.hub import LocalHub, MessageIds
 from rustorium.ledger import Ledger
 from rustorium.requests import ExecuteTransaction
 from rustorium.storage.keys import ApiKey
@@ -34,8 +33,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.clock = Clock()
         self.store = MemoryLedgerStore()
         self.store.hold = True
-        hub = LocalHub(self.clock, MessageIds(1, 10**12, 10**6))
-        self.ledger = Ledger(demo_catalog(), self.store, hub, self.clock, genesis_snapshot(),
+        self.announced = []
+        self.ledger = Ledger(demo_catalog(), self.store, self.announced.extend, self.clock,
+                             genesis_snapshot(),
                              commit_batch=3)
         self.ledger.log = Logger(observer=lambda event: None)
         self.accepted: set[str] = set()

@@ -6,9 +6,9 @@ import io
 import json
 
 import pytest
-from twisted.logger import Logger, jsonFileLogObserver
+from twisted.logger import Logger
 
-from rustorium.logs import RedactingObserver, redact
+from rustorium.logs import RedactingObserver, json_observer, redact
 
 KEY = "rk_9sH3kd83JdkS0dke93kd93kDKd93kdkd93kDk3kd9"
 
@@ -45,11 +45,22 @@ def test_shown_secret_passes():
     assert events[0]["demo_key"] == KEY
 
 
-def test_json_lines():
+def test_json_lines(monkeypatch):
+    """
+    The JSON observer writes exactly one JSON object per line, multi-line
+    messages included, with keys redacted unless shown on purpose.
+    """
     out = io.StringIO()
-    log = Logger(observer=RedactingObserver(jsonFileLogObserver(out)))
+    monkeypatch.setattr("sys.stdout", out)
+    log = Logger(observer=json_observer())
     log.info("Connection opened: {peer} with key {key}", peer="tcp4:127.0.0.1:1", key="bot")
-    lines = [line.strip("\x1e") for line in out.getvalue().splitlines() if line.strip()]
-    event = json.loads(lines[0])
-    assert event["peer"] == "tcp4:127.0.0.1:1"
-    assert event["key"] == "bot"
+    log.info("request {line}", line=f"GET /v1?api_key={KEY}")
+    log.info("two\nlines {demo_key}", demo_key=KEY, show_secret=True)
+    lines = out.getvalue().split("\n")
+    assert lines.pop() == ""
+    events = [json.loads(line) for line in lines]
+    assert len(events) == 3
+    assert events[0]["peer"] == "tcp4:127.0.0.1:1"
+    assert events[0]["key"] == "bot"
+    assert KEY not in lines[1]
+    assert events[2]["demo_key"] == KEY

@@ -6,7 +6,9 @@ the service publishes each tick.
 import orjson
 import pytest
 
-from rustorium.hub import LocalHub, MessageIds, channel_key
+from rustorium.broker.local import LocalBroker
+from rustorium.fanout import Fanout
+from rustorium.hub import MessageIds, channel_key
 from rustorium.market import MarketService, MarketSimulator, percent_change
 from rustorium.rolling import DAY, RollingWindow
 from tests.helpers import MTK, demo_catalog
@@ -65,11 +67,13 @@ def test_service_publishes_market_and_token_updates(clock):
     update per token, with the token's price from its market and its volume
     from the ledger.
     """
-    hub = LocalHub(clock, MessageIds(1, 10**9, 10**6))
+    broker = LocalBroker(clock, MessageIds(1, 10**9, 10**6), "node")
+    fanout = Fanout()
+    broker.on_updates = fanout.deliver
     received = []
-    hub.subscribe(channel_key("market_data", "MTK/USD"), "m", received.append)
-    hub.subscribe(channel_key("token_updates", MTK.token_id), "t", received.append)
-    service = MarketService(demo_catalog(), hub, clock, 1.0, 1,
+    fanout.subscribe(channel_key("market_data", "MTK/USD"), "m", received.append)
+    fanout.subscribe(channel_key("token_updates", MTK.token_id), "t", received.append)
+    service = MarketService(demo_catalog(), broker.publish, clock, 1.0, 1,
                             lambda token_id: 25 * 10**17 if token_id == MTK.token_id else 0)
     service.startService()
     clock.advance(1.0)
@@ -89,14 +93,14 @@ def test_failing_tick_keeps_ticking(clock, logged_errors):
     """
     A tick that fails is logged and the next tick still comes.
     """
-    hub = LocalHub(clock, MessageIds(1, 10**9, 10**6))
+    broker = LocalBroker(clock, MessageIds(1, 10**9, 10**6), "node")
     calls = []
 
     def volume(token_id):
         calls.append(token_id)
         raise RuntimeError("ledger down")
 
-    service = MarketService(demo_catalog(), hub, clock, 1.0, 1, volume)
+    service = MarketService(demo_catalog(), broker.publish, clock, 1.0, 1, volume)
     service.startService()
     clock.advance(1.0)
     service.stopService()

@@ -12,9 +12,11 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
+from rustorium.broker.interface import Publication
 from rustorium.closecodes import CloseCode
 from rustorium.hub import channel_key
 from rustorium.output import Outlet, WriteThroughServer
+from tests.helpers import publish as publish_update
 from tests.unit.test_websocket import Peer, server_frames
 
 MTK = channel_key("market_data", "MTK/USD")
@@ -178,11 +180,18 @@ def subscribed_peer(clock, symbols=("MTK/USD", "STK/USD"), **settings):
     return peer
 
 
+def publish_batch(server, batch):
+    """
+    Publish (channel, key, data) updates as one batch, as a market tick does.
+    """
+    return server.app.broker.publish([Publication(*item) for item in batch]).result
+
+
 def publish(peer, key, price, conflatable=True):
     symbol = key.split(":", 1)[1]
     channel = key.split(":", 1)[0]
-    return peer.server.hub.publish(channel, key, {"symbol": symbol, "price": str(price)},
-                                   retain=conflatable).number
+    return publish_update(peer.server, channel, key, {"symbol": symbol, "price": str(price)},
+                          retain=conflatable).number
 
 
 class TestCoalescing:
@@ -196,7 +205,7 @@ class TestCoalescing:
         batch = [("market_data", MTK if n % 2 else STK,
                   {"symbol": "MTK/USD" if n % 2 else "STK/USD", "price": str(n)})
                  for n in range(10)]
-        numbers = [u.number for u in peer.server.hub.publish_batch(batch)]
+        numbers = [u.number for u in publish_batch(peer.server, batch)]
         assert peer.transport.writes - before == 1
         received = peer.received()
         assert [int(orjson.loads(p)["id"][4:]) for _, p in received] == numbers
@@ -210,7 +219,7 @@ class TestCoalescing:
         one = subscribed_peer(clock, symbols=("MTK/USD",))
         batch = [("market_data", MTK, {"symbol": "MTK/USD", "price": "1"}),
                  ("market_data", STK, {"symbol": "STK/USD", "price": "2"})]
-        one.server.hub.publish_batch(batch)
+        publish_batch(one.server, batch)
         prices = [orjson.loads(p)["data"]["price"] for _, p in one.received()]
         assert prices == ["1"]
 
@@ -265,7 +274,7 @@ class TestSlowConsumer:
         frames = server_frames(peer.transport.value())
         assert frames[-1][0] == 8
         assert int.from_bytes(frames[-1][1][:2], "big") == CloseCode.SLOW_CONSUMER
-        assert peer.server.subscriptions.detached_count == 2
+        assert peer.server.app.broker.detached_count == 2
 
     def test_memory_stays_bounded(self, clock):
         """

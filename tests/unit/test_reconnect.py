@@ -7,10 +7,11 @@ the report of what could not be recovered.
 import pytest
 
 from rustorium.closecodes import CloseCode
+from rustorium.feed import REPLAY_CHUNK
 from rustorium.hub import channel_key
-from rustorium.session import REPLAY_CHUNK, SessionState
+from rustorium.session import SessionState
 from rustorium.storage.keys import ApiKey
-from tests.helpers import KEY, make_server, open_session, send
+from tests.helpers import KEY, make_server, open_session, publish, send
 
 MTK_KEY = channel_key("market_data", "MTK/USD")
 STK_KEY = channel_key("market_data", "STK/USD")
@@ -22,7 +23,7 @@ def tick(server, key=MTK_KEY, count=1):
     Publish updates on one market key; return their numbers.
     """
     symbol = key.split(":", 1)[1]
-    return [server.hub.publish("market_data", key, {"symbol": symbol, "price": str(n)}).number
+    return [publish(server, "market_data", key, {"symbol": symbol, "price": str(n)}).number
             for n in range(count)]
 
 
@@ -104,7 +105,7 @@ class TestResume:
         send(old, {"id": "2", "type": "subscribe",
                    "data": {"channel": "market_data", "symbols": ["MTK/USD", "STK/USD"]}})
         second = old_conn.take()[0]["data"]["subscription_id"]
-        last = server.hub.last_number
+        last = server.app.broker.last_number
         old.connection_lost()
         missed = []
         for _ in range(3):
@@ -136,7 +137,7 @@ class TestResume:
         """
         server = make_server(clock, history_size=5000)
         old, _, subscription_id = subscribed(server)
-        last = server.hub.last_number
+        last = server.app.broker.last_number
         old.connection_lost()
         missed = tick(server, count=REPLAY_CHUNK * 2 + 10)
         session, connection = reconnect(server, [subscription_id], last)
@@ -153,7 +154,7 @@ class TestResume:
     def test_subscribe_during_replay_waits_too(self, server, clock):
         server = make_server(clock, history_size=5000)
         old, _, subscription_id = subscribed(server)
-        last = server.hub.last_number
+        last = server.app.broker.last_number
         old.connection_lost()
         missed = tick(server, count=REPLAY_CHUNK + 1)
         session, connection = reconnect(server, [subscription_id], last)
@@ -171,7 +172,7 @@ class TestResume:
         seen die is taken over, and the old connection stops receiving it.
         """
         _, old_conn, subscription_id = subscribed(server)
-        _, connection = reconnect(server, [subscription_id], server.hub.last_number)
+        _, connection = reconnect(server, [subscription_id], server.app.broker.last_number)
         assert connection.take()[0]["data"]["subscriptions"][0]["status"] == "resumed"
         old_conn.take()
         tick(server)
@@ -198,11 +199,11 @@ class TestExpiry:
         old, _, subscription_id = subscribed(server)
         old.connection_lost()
         clock.advance(59)
-        server.subscriptions.expire(clock.seconds())
-        assert len(server.subscriptions) == 1
+        server.app.broker.expire()
+        assert server.app.broker.subscription_count == 1
         clock.advance(2)
-        server.subscriptions.expire(clock.seconds())
-        assert len(server.subscriptions) == 0
+        server.app.broker.expire()
+        assert server.app.broker.subscription_count == 0
         _, connection = reconnect(server, [subscription_id], 0)
         assert connection.take()[0]["data"]["subscriptions"][0]["status"] == "expired"
 
@@ -229,7 +230,7 @@ class TestIncomplete:
         """
         server = make_server(clock, history_size=3)
         old, _, subscription_id = subscribed(server)
-        last = server.hub.last_number
+        last = server.app.broker.last_number
         old.connection_lost()
         missed = tick(server, count=5)
         _, connection = reconnect(server, [subscription_id], last)
@@ -247,30 +248,33 @@ class TestIncomplete:
     def test_history_too_old(self, clock):
         server = make_server(clock, history_age=10)
         old, _, subscription_id = subscribed(server)
-        last = server.hub.last_number
+        last = server.app.broker.last_number
         old.connection_lost()
         tick(server)
         clock.advance(11)
-        server.hub.expire_history()
+        server.app.broker.expire()
         _, connection = reconnect(server, [subscription_id], last)
         entry = connection.take()[0]["data"]["subscriptions"][0]
         assert entry["recovered"] is False
 
-    def test_replay_overtaken(self, clock):
+    def test_a_replay_is_never_overtaken(self, clock):
         """
-        If new updates evict part of a replay still being streamed, the
-        connection is closed with 4102 so the client reconnects and learns
-        what was lost.
+        Updates that arrive while a long replay is streamed, even enough to
+        evict all of it from the history, cannot cut it short: the replay
+        is read whole at once, and the live updates follow it, each once.
         """
         server = make_server(clock, history_size=REPLAY_CHUNK + 10)
         old, _, subscription_id = subscribed(server)
-        last = server.hub.last_number
+        last = server.app.broker.last_number
         old.connection_lost()
-        tick(server, count=REPLAY_CHUNK + 10)
+        missed = tick(server, count=REPLAY_CHUNK + 10)
         _, connection = reconnect(server, [subscription_id], last)
-        tick(server, count=REPLAY_CHUNK + 5)
+        live = tick(server, count=REPLAY_CHUNK + 5)
         clock.advance(0)
-        assert connection.closed[0] == CloseCode.REPLAY_OVERTAKEN
+        clock.advance(0)
+        assert connection.closed is None
+        received = [number(m) for m in connection.take() if m["type"] == "update"]
+        assert received == missed + live
 
 
 class TestRules:
@@ -292,7 +296,7 @@ class TestRules:
         """
         old, _, subscription_id = subscribed(server)
         old.close(CloseCode.HEARTBEAT_TIMEOUT, "silent")
-        _, connection = reconnect(server, [subscription_id], server.hub.last_number)
+        _, connection = reconnect(server, [subscription_id], server.app.broker.last_number)
         assert connection.take()[0]["data"]["recovered"] is True
 
     def test_history_kept_only_while_watched(self, server):
@@ -300,9 +304,122 @@ class TestRules:
         Keys nobody subscribes to keep no history; unsubscribing drops it.
         """
         tick(server)
-        assert server.hub.replay(MTK_KEY, 0).count == 0
+        assert server.app.broker.replay({MTK_KEY: 0}).result.count == 0
         session, _, subscription_id = subscribed(server)
         tick(server, count=2)
-        assert server.hub.replay(MTK_KEY, 0).count == 2
+        assert server.app.broker.replay({MTK_KEY: 0}).result.count == 2
         send(session, {"type": "unsubscribe", "data": {"subscription_id": subscription_id}})
-        assert server.hub.replay(MTK_KEY, 0).count == 0
+        assert server.app.broker.replay({MTK_KEY: 0}).result.count == 0
+
+
+def transaction_subscriptions(session, connection, addresses):
+    """
+    Subscribe C{session} to transaction_updates of each address; return the
+    subscription ids.
+    """
+    ids = []
+    for address in addresses:
+        send(session, {"id": address, "type": "subscribe",
+                       "data": {"channel": "transaction_updates", "address": address}})
+        ids.append(connection.take()[0]["data"]["subscription_id"])
+    return ids
+
+
+def addresses(first, count):
+    return [f"0x{n:040x}" for n in range(first, first + count)]
+
+
+class TestDetachedPerKey:
+    def test_oldest_expire_first(self, clock):
+        """
+        Past max-detached-per-key, a key's oldest detached subscriptions
+        expire at once, in the order they were detached; its newest stay
+        resumable.
+        """
+        server = make_server(clock, max_detached_per_key=3)
+        ids = []
+        for batch in range(3):
+            session, connection = open_session(server)
+            ids += transaction_subscriptions(session, connection, addresses(batch * 2, 2))
+            session.connection_lost()
+            clock.advance(1)
+        assert server.app.broker.detached_of(KEY.key_id) == 3
+        assert server.app.broker.subscription_count == 3
+        _, connection = reconnect(server, ids, None)
+        statuses = [e["status"] for e in connection.take()[0]["data"]["subscriptions"]]
+        assert statuses == ["expired"] * 3 + ["resumed"] * 3
+
+    def test_other_keys_untouched(self, clock):
+        """
+        One key passing its cap expires nothing of another key's.
+        """
+        server = make_server(clock, max_detached_per_key=2)
+        mine, connection = open_session(server, OTHER)
+        [kept] = transaction_subscriptions(mine, connection, addresses(100, 1))
+        mine.connection_lost()
+        session, connection = open_session(server)
+        transaction_subscriptions(session, connection, addresses(0, 5))
+        session.connection_lost()
+        assert server.app.broker.detached_of(KEY.key_id) == 2
+        assert server.app.broker.detached_of(OTHER.key_id) == 1
+        _, connection = reconnect(server, [kept], None, api_key=OTHER)
+        assert connection.take()[0]["data"]["subscriptions"][0]["status"] == "resumed"
+
+    def test_expired_ones_watch_nothing(self, clock):
+        """
+        A subscription expired by the cap no longer keeps its key's history.
+        """
+        server = make_server(clock, max_detached_per_key=1)
+        session, connection = open_session(server)
+        transaction_subscriptions(session, connection, addresses(0, 2))
+        session.connection_lost()
+        assert server.app.broker.heard(f"transaction_updates:{addresses(1, 1)[0]}")
+        assert not server.app.broker.heard(f"transaction_updates:{addresses(0, 1)[0]}")
+
+    def test_resumed_ones_do_not_count(self, clock):
+        """
+        Resuming takes subscriptions off the key's detached count.
+        """
+        server = make_server(clock, max_detached_per_key=2)
+        session, connection = open_session(server)
+        ids = transaction_subscriptions(session, connection, addresses(0, 2))
+        session.connection_lost()
+        reconnect(server, ids, None)
+        assert server.app.broker.detached_of(KEY.key_id) == 0
+        assert server.app.broker.detached_count == 0
+
+
+class TestSubscriptionLimit:
+    def test_surplus_not_resumed_and_still_resumable(self, clock):
+        """
+        A reconnect naming more resumable subscriptions than a connection
+        may hold resumes up to the limit and reports the rest not_resumed
+        with the reason; they stay detached, and another connection resumes
+        them. Unknown ids past the limit are still expired.
+        """
+        server = make_server(clock, max_subscriptions=2)
+        ids = []
+        for batch in range(2):
+            session, connection = open_session(server)
+            ids += transaction_subscriptions(session, connection, addresses(batch * 2, 2))
+            session.connection_lost()
+        _, connection = reconnect(server, [*ids, "sub_unknown"], None)
+        data = connection.take()[0]["data"]
+        assert [(e["status"], e.get("reason")) for e in data["subscriptions"]] == [
+            ("resumed", None), ("resumed", None),
+            ("not_resumed", "subscription_limit"), ("not_resumed", "subscription_limit"),
+            ("expired", None),
+        ]
+        assert data["recovered"] is False
+        assert server.app.broker.detached_count == 2
+        _, connection = reconnect(server, ids[2:], None)
+        data = connection.take()[0]["data"]
+        assert [e["status"] for e in data["subscriptions"]] == ["resumed", "resumed"]
+
+    def test_repeated_id_reported_once(self, server):
+        old, _, subscription_id = subscribed(server)
+        old.connection_lost()
+        _, connection = reconnect(server, [subscription_id, subscription_id], None)
+        data = connection.take()[0]["data"]
+        assert [e["subscription_id"] for e in data["subscriptions"]] == [subscription_id]
+        assert data["recovered"] is True

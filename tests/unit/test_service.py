@@ -2,9 +2,12 @@
 Service wiring helpers.
 """
 
-import pytest
+import errno
 
-from rustorium.service import connect_url, with_backlog
+import pytest
+from twisted.internet.error import CannotListenError
+
+from rustorium.service import cannot_listen_message, connect_url, with_backlog
 
 
 @pytest.mark.parametrize(
@@ -32,3 +35,20 @@ def test_connect_url(endpoint, url):
 )
 def test_with_backlog(endpoint, expected):
     assert with_backlog(endpoint, 4096) == expected
+
+
+def test_cannot_listen_message():
+    """
+    A port in use gives one line naming the address, --listen and a port to
+    try; other failures name the address and --listen.
+    """
+    in_use = OSError(errno.EADDRINUSE, "Address already in use")
+    taken = CannotListenError("127.0.0.1", 8765, in_use)
+    message = cannot_listen_message(taken)
+    assert "\n" not in message
+    assert message.startswith("cannot listen on 127.0.0.1:8765: address already in use")
+    assert "--listen tcp:8766:interface=127.0.0.1" in message
+    denied = CannotListenError("", 80, OSError(errno.EACCES, "Permission denied"))
+    assert cannot_listen_message(denied) == (
+        "cannot listen on 80: permission denied; choose another endpoint with --listen"
+    )

@@ -9,7 +9,10 @@ from rustorium.closecodes import CloseCode
 from rustorium.hub import channel_key
 from rustorium.requests import Ping
 from rustorium.session import SessionState
-from tests.helpers import ALICE, MTK, STK, make_server, open_session, send
+from rustorium.storage.keys import ApiKey
+from tests.helpers import ALICE, MTK, STK, make_server, open_session, publish, send
+
+OTHER_KEY = ApiKey(2, "other", frozenset(), "2026-01-01T00:00:00.000000Z")
 
 
 @pytest.fixture
@@ -27,10 +30,10 @@ def publish_ticks(server):
     Publish one market and one token update per demo market, as a tick does.
     """
     for market in server.catalog.markets.values():
-        server.hub.publish("market_data", channel_key("market_data", market.symbol),
+        publish(server, "market_data", channel_key("market_data", market.symbol),
                            {"symbol": market.symbol, "price": "1"})
         token_id = market.token.token_id
-        server.hub.publish("token_updates", channel_key("token_updates", token_id),
+        publish(server, "token_updates", channel_key("token_updates", token_id),
                            {"token_id": token_id, "price": "1", "volume": "0"})
 
 
@@ -249,7 +252,7 @@ class TestUnsubscribe:
         ]
         publish_ticks(server)
         assert connection.take() == []
-        assert server.hub.subscriber_count(channel_key("market_data", "MTK/USD")) == 0
+        assert server.app.fanout.subscriber_count(channel_key("market_data", "MTK/USD")) == 0
 
     def test_unknown(self, session):
         """
@@ -322,8 +325,11 @@ class TestCommands:
         assert data["heartbeat_interval"] == 20
         assert data["heartbeat_timeout"] == 60
         assert data["limits"] == {"max_subscriptions": 100, "rate_limit": 10.0,
-                                  "rate_burst": 10, "max_message_size": 65536}
-        assert data["usage"] == {"subscriptions": 1, "rate_tokens": 8.0}
+                                  "rate_burst": 10, "key_rate_limit": 100.0,
+                                  "key_rate_burst": 200, "max_detached_per_key": 1000,
+                                  "max_message_size": 65536}
+        assert data["usage"] == {"subscriptions": 1, "rate_tokens": 8.0,
+                                 "key_rate_tokens": 198.0}
         assert set(data["markets"]) == {"MTK/USD", "STK/USD", "RST/USD"}
 
 
@@ -473,6 +479,89 @@ class TestRateLimit:
         assert session.state is SessionState.CLOSED
 
 
+class TestKeyRateLimit:
+    """
+    One budget for all of an API key's connections, kept across reconnects.
+    """
+
+    def test_shared_by_the_keys_connections(self, clock):
+        """
+        Connections of one key, each within its own limit, together get
+        only the key's burst; the next message is refused with
+        rate_limit_exceeded naming the key's limit, with the key's
+        retry_after. Another key is not affected.
+        """
+        server = make_server(clock, key_rate_limit=20, key_rate_burst=25)
+        sessions = [open_session(server) for _ in range(3)]
+        answers = []
+        for session, connection in sessions:
+            for n in range(10):
+                send(session, {"id": n, "type": "ping"})
+            answers += connection.take()
+        assert [m["type"] for m in answers] == ["pong"] * 25 + ["error"] * 5
+        error = answers[-1]["data"]
+        assert error["code"] == "rate_limit_exceeded"
+        assert "more than 20 messages per second from this API key" in error["message"]
+        assert error["retry_after"] == pytest.approx(0.05)
+        other, other_connection = open_session(server, OTHER_KEY)
+        send(other, {"id": "o", "type": "ping"})
+        assert other_connection.take()[0]["type"] == "pong"
+
+    def test_reconnecting_brings_no_fresh_burst(self, clock):
+        """
+        A new connection of a key that spent its budget is refused too,
+        until the key's bucket refills.
+        """
+        server = make_server(clock, key_rate_limit=20, key_rate_burst=10)
+        session, connection = open_session(server)
+        for n in range(10):
+            send(session, {"id": n, "type": "ping"})
+        session.connection_lost()
+        again, connection = open_session(server)
+        send(again, {"id": "x", "type": "ping"})
+        assert only_error(connection.take())["data"]["code"] == "rate_limit_exceeded"
+        clock.advance(0.05)
+        send(again, {"id": "y", "type": "ping"})
+        assert connection.take()[0]["type"] == "pong"
+
+    def test_connection_limit_spends_none_of_the_keys(self, clock):
+        """
+        Messages a connection's own limit refuses take nothing from the
+        key's budget, so one flooding connection does not starve the key's
+        others.
+        """
+        server = make_server(clock, key_rate_limit=1, key_rate_burst=12)
+        flooding, _ = open_session(server)
+        for n in range(40):
+            send(flooding, {"id": n, "type": "ping"})
+        quiet, connection = open_session(server)
+        send(quiet, {"id": "q", "type": "ping"})
+        send(quiet, {"id": "r", "type": "ping"})
+        assert [m["type"] for m in connection.take()] == ["pong", "pong"]
+
+    def test_heartbeat_response_exempt(self, clock):
+        server = make_server(clock, key_rate_burst=5)
+        session, connection = open_session(server)
+        for _ in range(20):
+            send(session, {"type": "heartbeat_response", "data": {}})
+        for n in range(5):
+            send(session, {"id": n, "type": "ping"})
+        assert [m["type"] for m in connection.take()] == ["pong"] * 5
+
+    def test_refusals_count_towards_flooding(self, clock):
+        """
+        A connection that keeps sending past its key's limit is closed like
+        one past its own.
+        """
+        server = make_server(clock, key_rate_burst=1, flood_limit=3)
+        session, connection = open_session(server)
+        for n in range(4):
+            send(session, {"id": n, "type": "ping"})
+        assert connection.closed is None
+        send(session, {"id": "last", "type": "ping"})
+        assert connection.closed == (CloseCode.POLICY_VIOLATION, "rate limit exceeded repeatedly")
+
+
 class TestStates:
     def test_reconnect_when_fresh(self, session):
         """
@@ -530,7 +619,7 @@ class TestStates:
         publish_ticks(server)
         send(session, {"type": "ping"})
         assert connection.take() == []
-        assert server.hub.subscriber_count(channel_key("market_data", "MTK/USD")) == 0
+        assert server.app.fanout.subscriber_count(channel_key("market_data", "MTK/USD")) == 0
         assert len(server.sessions) == 0
 
     def test_close(self, server, session):

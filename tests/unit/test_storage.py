@@ -15,7 +15,7 @@ import pytest
 from zope.interface.verify import verifyObject
 
 from rustorium.apikeys import hash_key
-from rustorium.bootstrap import MESSAGE_ID_BLOCK, prepare_database
+from rustorium.bootstrap import MESSAGE_ID_BLOCK, create_demo_key, prepare_database
 from rustorium.genesis import GenesisError
 from rustorium.storage import (
     DatabaseURLError,
@@ -30,8 +30,8 @@ from rustorium.storage.engines import qmark_to_format
 from rustorium.storage.keys import find_key, insert_key, list_keys, revoke_key, revoked_among
 from rustorium.storage.schema import LATEST_VERSION, current_version, prepare_schema
 
-OLD_SCHEMA = Path(__file__).parents[1] / "data" / "schema-982e70c"
-"""The schema files as released before PostgreSQL (SQLite-only SQL)."""
+OLD_SCHEMA = Path(__file__).parents[1] / "data" / "sqlite-only-schema"
+"""The schema files as they were before PostgreSQL (SQLite-only SQL)."""
 
 
 @pytest.fixture
@@ -126,16 +126,31 @@ def test_postgresql_commits_are_durable(postgres_server):
 
 def test_prepare_with_demo_genesis(engine):
     """
-    An empty database gets the schema, the demo genesis and a demo key
-    bound to the demo addresses; message ids start at 1.
+    An empty database gets the schema and the demo genesis, and a demo key
+    is due (made once the server listens); message ids start at 1.
     """
     prepared = prepare_database(engine, None)
     assert [t.symbol for t in prepared.tokens] == ["MTK", "RST", "STK"]
-    assert prepared.demo_key.startswith("rk_")
+    assert prepared.demo_key_due
     assert prepared.first_message_id == 1
-    key = run_blocking(engine, find_key, hash_key(prepared.demo_key))
+    assert run_blocking(engine, list_keys) == []
+
+
+def test_demo_key_made_once(engine):
+    """
+    The due demo key is bound to the demo addresses and made once; a start
+    that never made it (its port taken) leaves it due for the next.
+    """
+    prepare_database(engine, None)
+    assert prepare_database(engine, None).demo_key_due
+    demo_key = run_blocking(engine, create_demo_key)
+    assert demo_key.startswith("rk_")
+    key = run_blocking(engine, find_key, hash_key(demo_key))
     assert key.name == "demo"
     assert len(key.addresses) == 2
+    assert run_blocking(engine, create_demo_key) is None
+    assert not prepare_database(engine, None).demo_key_due
+    assert [k.name for k in run_blocking(engine, list_keys)] == ["demo"]
 
 
 def test_amounts_stay_exact(engine):
@@ -156,8 +171,9 @@ def test_second_start(engine, tmp_path):
     first = prepare_database(engine, None)
     genesis = tmp_path / "other.json"
     genesis.write_text("{}")
+    run_blocking(engine, create_demo_key)
     second = prepare_database(engine, str(genesis))
-    assert second.demo_key is None
+    assert not second.demo_key_due
     assert second.tokens == first.tokens
     assert second.first_message_id == first.message_id_ceiling + 1
     assert second.message_id_ceiling == first.message_id_ceiling + MESSAGE_ID_BLOCK
@@ -171,8 +187,9 @@ def test_custom_genesis_creates_no_key(engine, tmp_path):
         ' "balances": {"0x' + "2" * 40 + '": "10"}}]}'
     )
     prepared = prepare_database(engine, str(genesis))
-    assert prepared.demo_key is None
+    assert not prepared.demo_key_due
     assert [t.symbol for t in prepared.tokens] == ["T"]
+    assert run_blocking(engine, create_demo_key) is None
     assert run_blocking(engine, list_keys) == []
 
 
@@ -182,7 +199,7 @@ def test_malformed_genesis_writes_nothing(engine, tmp_path):
     with pytest.raises(GenesisError):
         prepare_database(engine, str(genesis))
     assert query(engine, "SELECT COUNT(*) FROM tokens") == [(0,)]
-    assert prepare_database(engine, None).demo_key is not None
+    assert prepare_database(engine, None).demo_key_due
 
 
 def test_newer_schema_refused(engine):
@@ -256,14 +273,15 @@ def _old_database(path: str, upto: int) -> None:
     """
     connection = sqlite3.connect(path)
     connection.executescript((OLD_SCHEMA / "v1.sql").read_text())
-    if upto >= 2:
-        connection.executescript((OLD_SCHEMA / "upgrade-1-to-2.sql").read_text())
+    for version in range(1, upto):
+        connection.executescript((OLD_SCHEMA / f"upgrade-{version}-to-{version + 1}.sql")
+                                 .read_text())
     connection.execute("INSERT INTO api_keys (key_hash, name, created_at) VALUES ('h', 'old', 't')")
     connection.execute(
         "INSERT INTO tokens VALUES ('0x" + "1" * 40 + "', 'T', 'T', 2, '1000', '100000000')"
     )
-    connection.execute("INSERT INTO balances VALUES ('0x" + "2" * 40 + "', '0x" + "1" * 40
-                       + "', '1000')")
+    connection.execute("INSERT INTO balances (address, token_id, amount) VALUES ('0x"
+                       + "2" * 40 + "', '0x" + "1" * 40 + "', '1000')")
     connection.commit()
     connection.close()
 
@@ -277,12 +295,16 @@ def test_upgrade_from_first_schema(sqlite_engine):
     engine = sqlite_engine
     _old_database(engine.path, upto=1)
     prepared = prepare_database(engine, None)
-    assert prepared.demo_key is None
+    assert not prepared.demo_key_due
     assert [t.symbol for t in prepared.tokens] == ["T"]
     assert prepared.ledger.balances == {("0x" + "2" * 40, "0x" + "1" * 40): 1000}
     connection = engine.connect()
-    assert current_version(engine, connection.cursor()) == LATEST_VERSION == 2
+    assert current_version(engine, connection.cursor()) == LATEST_VERSION == 3
     assert connection.execute("SELECT COUNT(*) FROM transactions").fetchone() == (0,)
+    assert connection.execute("SELECT amount, pending_out FROM balances").fetchall() == [
+        ("1000", "0")
+    ]
+    assert connection.execute("SELECT COUNT(*) FROM idempotency_keys").fetchone() == (0,)
     assert connection.execute("SELECT name FROM api_keys").fetchall() == [("old",)]
     connection.close()
     backup = sqlite3.connect(engine.path + ".v1.bak")
@@ -324,16 +346,20 @@ def _columns(path: str) -> dict:
     return shape
 
 
-def test_portable_schema_makes_the_same_sqlite_tables(tmp_path):
+@pytest.mark.parametrize("upgraded_from", [1, 2])
+def test_portable_schema_makes_the_same_sqlite_tables(tmp_path, upgraded_from):
     """
     On SQLite the portable schema makes what the SQLite-only one made:
     the same columns with the same affinities, the same rowid keys and
-    indexes; so databases made before it need no upgrade.
+    indexes; so databases made before it need no upgrade, and those it
+    upgrades end up the same.
     """
-    old, new = str(tmp_path / "old.db"), str(tmp_path / "new.db")
-    _old_database(old, upto=2)
+    old, new, upgraded = (str(tmp_path / f"{n}.db") for n in ("old", "new", "upgraded"))
+    _old_database(old, upto=LATEST_VERSION)
     prepare_database(engine_from_url(f"sqlite:{new}"), None)
-    assert _columns(new) == _columns(old)
+    _old_database(upgraded, upto=upgraded_from)
+    prepare_database(engine_from_url(f"sqlite:{upgraded}"), None)
+    assert _columns(new) == _columns(old) == _columns(upgraded)
 
 
 def test_database_from_before_postgresql_keeps_working(sqlite_engine):
@@ -344,10 +370,10 @@ def test_database_from_before_postgresql_keeps_working(sqlite_engine):
     from rustorium.storage.ledger import TransactionRow, insert_transactions, write_block
 
     engine = sqlite_engine
-    _old_database(engine.path, upto=2)
+    _old_database(engine.path, upto=LATEST_VERSION)
     prepared = prepare_database(engine, None)
-    assert prepared.demo_key is None
-    assert not os.path.exists(engine.path + ".v2.bak")
+    assert not prepared.demo_key_due
+    assert not os.path.exists(engine.path + f".v{LATEST_VERSION}.bak")
     key_id = run_blocking(engine, insert_key, hash_key("rk_new"), "new", "now", [])
     assert key_id == 2
     token, a, b = "0x" + "1" * 40, "0x" + "2" * 40, "0x" + "3" * 40
@@ -374,6 +400,7 @@ class TestLedgerRows:
         )
 
         prepared = prepare_database(engine, None)
+        run_blocking(engine, create_demo_key)  # key 1, as the service makes it once listening
         token = prepared.tokens[0].token_id
         a, b = "0x" + "a" * 40, "0x" + "b" * 40
         huge = 10**24 + 1
@@ -402,11 +429,39 @@ class TestLedgerRows:
             "confirmed", 1, confirmed_at)
         assert run_blocking(engine, find_transaction, "0x" + "9" * 64) is None
 
+    def test_revoked_keys_rows_left_out(self, engine):
+        """
+        Rows of a revoked key are not stored, in the same transaction as
+        the others', and the key's id is returned; rows of live keys are
+        stored.
+        """
+        from rustorium.storage.ledger import TransactionRow, find_transaction, insert_transactions
+
+        prepared = prepare_database(engine, None)
+        token = prepared.tokens[0].token_id
+        a, b = "0x" + "a" * 40, "0x" + "b" * 40
+        live = run_blocking(engine, insert_key, hash_key("rk_live"), "live", "t", [a])
+        doomed = run_blocking(engine, insert_key, hash_key("rk_doomed"), "doomed", "t", [a])
+        run_blocking(engine, revoke_key, doomed, "t")
+        rows = [
+            TransactionRow(1, "0x" + "1" * 64, a, b, token, 1, "pending", live, None, 1.0),
+            TransactionRow(2, "0x" + "2" * 64, a, b, token, 1, "pending", doomed, None, 1.0),
+            TransactionRow(3, "0x" + "3" * 64, a, b, token, 1, "pending", 99, None, 1.0),
+        ]
+        assert run_blocking(engine, insert_transactions, rows) == {doomed, 99}
+        assert run_blocking(engine, find_transaction, "0x" + "1" * 64) is not None
+        assert run_blocking(engine, find_transaction, "0x" + "2" * 64) is None
+        assert run_blocking(engine, find_transaction, "0x" + "3" * 64) is None
+        again = TransactionRow(4, "0x" + "4" * 64, a, b, token, 1, "pending", live, None, 1.0)
+        assert run_blocking(engine, insert_transactions, [again]) == set()
+
     def test_sequence_numbers_past_32_bits(self, engine):
         from rustorium.storage.ledger import TransactionRow, insert_transactions, load_ledger
 
         prepared = prepare_database(engine, None)
         token = prepared.tokens[0].token_id
+        query(engine, "INSERT INTO api_keys (key_id, key_hash, name, created_at) "
+                      "VALUES (?, 'h', 'big', 't')", 2**35)
         seq = 2**40
         run_blocking(engine, insert_transactions, [
             TransactionRow(seq, "0x" + "1" * 64, "0x" + "a" * 40, "0x" + "b" * 40, token, 1,

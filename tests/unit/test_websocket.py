@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from rustorium.websocket import RustoriumServerFactory, prepare_frame
-from tests.helpers import KEY, make_server
+from tests.helpers import KEY, make_server, publish
 
 GOOD_KEY = "rk_good"
 
@@ -190,7 +190,7 @@ def test_updates_are_text_frames(clock):
     peer.open()
     peer.send({"type": "subscribe", "data": {"channel": "market_data", "symbols": ["MTK/USD"]}})
     peer.received()
-    peer.server.hub.publish("market_data", "market_data:MTK/USD", {"symbol": "MTK/USD"})
+    publish(peer.server, "market_data", "market_data:MTK/USD", {"symbol": "MTK/USD"})
     [(opcode, payload)] = peer.received()
     assert opcode == 1
     assert orjson.loads(payload)["data"]["symbol"] == "MTK/USD"
@@ -233,7 +233,7 @@ def test_connection_lost_ends_session(clock):
     peer.send({"type": "subscribe", "data": {"channel": "market_data", "symbols": ["MTK/USD"]}})
     peer.protocol.connectionLost(Failure(ConnectionDone()))
     assert len(peer.server.sessions) == 0
-    assert peer.server.hub.subscriber_count("market_data:MTK/USD") == 0
+    assert peer.server.app.fanout.subscriber_count("market_data:MTK/USD") == 0
 
 
 class TestOrigins:

@@ -1,10 +1,11 @@
--- Schema version 2: the ledger. Transactions in submission order (seq,
--- which the server assigns: {int_key} is the rowid in SQLite, BIGINT in
--- PostgreSQL), and the blocks that confirm them. Times are POSIX seconds in
--- DOUBLE PRECISION (PostgreSQL's REAL has 24 bits: whole minutes at best).
+-- Schema version 2: the ledger. Transactions in submission order (seq: a
+-- single node numbers them itself, a cluster's shared ledger lets the
+-- database), and the blocks that confirm them ({int_key}: numbered by the
+-- server; both are the rowid in SQLite). Times are POSIX seconds in DOUBLE
+-- PRECISION (PostgreSQL's REAL has 24 bits: whole minutes at best).
 
 CREATE TABLE transactions (
-    seq {int_key},
+    seq {id_key},
     transaction_id TEXT NOT NULL UNIQUE,
     sender TEXT NOT NULL,
     recipient TEXT NOT NULL,
