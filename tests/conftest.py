@@ -13,8 +13,8 @@ from txaio.testutil import replace_loop
 
 from rustorium.storage import engine_from_url
 
-# Throwaway PostgreSQL and Redis servers, for any test to use.
-from tests.services import postgres_server, postgres_url, redis_server, redis_url  # noqa: F401
+# Throwaway PostgreSQL servers, for any test to use.
+from tests.services import postgres_server, postgres_url  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

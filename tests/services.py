@@ -1,5 +1,5 @@
 """
-Throwaway PostgreSQL and Redis servers for tests.
+Throwaway PostgreSQL servers for tests (Redis: L{tests.redis_server}).
 
 Each server is started from the installed binaries, as a child process in
 a session (and so a process group) of its own, on a free loopback port, with
@@ -85,8 +85,8 @@ def _kill_leftovers() -> None:
 
 class _ServerProcess:
     """
-    What both servers share: a child process in its own process group,
-    started on a fixed port in a temporary directory, stopped by its id.
+    A server as a child process in its own process group, started on a
+    fixed port in a temporary directory, stopped by its id.
     """
 
     name = "server"
@@ -332,67 +332,6 @@ class PostgresServer(_ServerProcess):
         return self.url_for(name)
 
 
-class RedisServer(_ServerProcess):
-    """
-    A throwaway Redis: on 127.0.0.1 only, keeping nothing on disk (no RDB
-    snapshots, no append-only file), in the foreground as our child.
-    """
-
-    name = "redis"
-
-    def __init__(self) -> None:
-        self.binary = _find("redis-server")
-        if not self.binary:
-            raise ServiceUnavailable(
-                "Redis is not installed (no redis-server on PATH; apt-get install redis-server)"
-            )
-        super().__init__()
-
-    def command(self) -> list[str]:
-        return [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.directory),
-            "--daemonize", "no", "--protected-mode", "yes",
-        ]
-
-    def ready(self) -> bool:
-        try:
-            return self.command_reply(b"PING") == b"+PONG\r\n"
-        except OSError:
-            return False
-
-    def command_reply(self, *words: bytes) -> bytes:
-        """
-        Send one command in the Redis protocol and return the raw first
-        reply line (enough for PING and FLUSHALL; tests use a real client
-        for anything more).
-        """
-        request = b"*%d\r\n" % len(words) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(w), w) for w in words
-        )
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-            s.sendall(request)
-            reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
-            return reply
-
-    def flush(self) -> None:
-        """
-        Forget every key in every database.
-        """
-        reply = self.command_reply(b"FLUSHALL")
-        if reply != b"+OK\r\n":
-            raise AssertionError(f"FLUSHALL answered {reply!r}")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-
 def start_service(kind: type[_ServerProcess]) -> _ServerProcess:
     """
     Start a server of this kind for a test, or skip (fail, when required)
@@ -427,22 +366,3 @@ def postgres_url(postgres_server):
     The URL of an empty database of its own for this test.
     """
     return postgres_server.fresh_database()
-
-
-@pytest.fixture(scope="session")
-def redis_server():
-    """
-    One throwaway Redis for the session.
-    """
-    server = start_service(RedisServer)
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-def redis_url(redis_server):
-    """
-    The session's Redis, emptied for this test.
-    """
-    redis_server.flush()
-    return redis_server.url

@@ -1,11 +1,11 @@
 """
-The throwaway servers of tests/services.py: what fault tests rely on.
+The throwaway PostgreSQL of tests/services.py: what fault tests rely on.
 """
 
 import psycopg
 import pytest
 
-from tests.services import PostgresServer, RedisServer, start_service
+from tests.services import PostgresServer, start_service
 
 
 def test_fresh_databases_are_isolated(postgres_server):
@@ -44,22 +44,3 @@ def test_postgres_kill_keeps_commits_and_port():
         idle.close()
     finally:
         server.cleanup()
-
-
-def test_redis_kill_and_restart():
-    server = start_service(RedisServer)
-    try:
-        assert server.url == f"redis://127.0.0.1:{server.port}/0"
-        assert server.command_reply(b"SET", b"k", b"v") == b"+OK\r\n"
-        server.kill()
-        assert not server.ready()
-        server.restart()
-        # Nothing is kept on disk.
-        assert server.command_reply(b"GET", b"k") == b"$-1\r\n"
-    finally:
-        server.cleanup()
-
-
-def test_redis_url_is_emptied_for_each_test(redis_server, redis_url):
-    assert redis_server.command_reply(b"DBSIZE") == b":0\r\n"
-    redis_server.command_reply(b"SET", b"left", b"behind")
