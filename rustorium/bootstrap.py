@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from .apikeys import generate_key, hash_key
 from .genesis import demo_genesis, load_genesis
 from .rolling import DAY
-from .storage import SqliteEngine, prepare_schema
+from .storage import IDatabaseEngine, prepare_schema
 from .storage.chain import TokenRow, has_chain, load_tokens, write_genesis
 from .storage.keys import insert_key
 from .storage.ledger import LedgerSnapshot, load_ledger
@@ -79,7 +79,7 @@ def raise_message_ceiling(txn, count: int) -> int:
     return int(row[0])
 
 
-def prepare_database(engine: SqliteEngine, genesis_path: str | None) -> Prepared:
+def prepare_database(engine: IDatabaseEngine, genesis_path: str | None) -> Prepared:
     """
     Make the database ready to serve.
 
@@ -91,14 +91,17 @@ def prepare_database(engine: SqliteEngine, genesis_path: str | None) -> Prepared
     """
     connection = engine.connect()
     try:
-        prepare_schema(connection, engine.path)
+        prepare_schema(engine, connection)
         cursor = connection.cursor()
+        # Under the start-up lock: of nodes starting on one empty database,
+        # one writes the genesis, and each reserves its own message ids.
+        engine.begin_exclusive(cursor)
         genesis_source = None
         if has_chain(cursor):
             if genesis_path is not None:
                 log.info(
                     "The database {path} already holds a chain; ignoring the genesis {genesis}",
-                    path=engine.path, genesis=genesis_path,
+                    path=engine.location, genesis=genesis_path,
                 )
         else:
             genesis = load_genesis(genesis_path) if genesis_path else demo_genesis()
@@ -108,7 +111,7 @@ def prepare_database(engine: SqliteEngine, genesis_path: str | None) -> Prepared
                 set_meta(cursor, DEMO_KEY_DUE, "1")
             log.info(
                 "Initialised {path} from the {source} ({count} tokens)",
-                path=engine.path, source=genesis.source, count=len(genesis.tokens),
+                path=engine.location, source=genesis.source, count=len(genesis.tokens),
             )
         demo_key_due = bool(get_meta(cursor, DEMO_KEY_DUE))
         ceiling = int(get_meta(cursor, MESSAGE_ID_CEILING) or 0)
@@ -132,11 +135,13 @@ def create_demo_key(cursor) -> str | None:
     the demo addresses; return it (the only time it is known), or C{None}
     if it was made before.
     """
-    if not get_meta(cursor, DEMO_KEY_DUE):
+    # Claimed in one statement: of nodes finding the key due at once, one
+    # changes the row; the others wait for its commit and then change none.
+    cursor.execute("UPDATE meta SET value = '' WHERE name = ? AND value = '1'", (DEMO_KEY_DUE,))
+    if cursor.rowcount != 1:
         return None
     key = generate_key()
     insert_key(
         cursor, hash_key(key), DEMO_KEY_NAME, isoformat(time.time()), demo_genesis().addresses
     )
-    set_meta(cursor, DEMO_KEY_DUE, "")
     return key

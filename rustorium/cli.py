@@ -84,7 +84,7 @@ def _engine(url: str, create: bool = False):
         raise MissingDatabase(f"no database at {os.path.abspath(engine.path)} (--database {url})")
     connection = engine.connect()
     try:
-        prepare_schema(connection, engine.path)
+        prepare_schema(engine, connection)
     finally:
         connection.close()
     return engine

@@ -163,7 +163,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen", _endpoints,
             "Twisted server endpoint strings to listen on (repeatable flag)."),
     Setting("database", _text,
-            "Database URL: sqlite:PATH."),
+            "Database URL: sqlite:PATH or postgresql://USER@HOST:PORT/DATABASE."),
     Setting("broker", _broker,
             "Where nodes share message numbers, history and subscriptions: local "
             "(this process only) or redis://HOST:PORT/DB (a cluster)."),

@@ -11,6 +11,11 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from txaio.testutil import replace_loop
 
+from rustorium.storage import engine_from_url
+
+# Throwaway PostgreSQL servers, for any test to use.
+from tests.services import postgres_server, postgres_url  # noqa: F401
+
 
 @pytest.fixture(autouse=True)
 def logged_errors():
@@ -47,3 +52,23 @@ def clock():
     fake.advance(1_700_000_000)
     with replace_loop(fake):
         yield fake
+
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """
+    The URL of an empty database, once on each engine: tests taking it (or
+    L{engine}) run on SQLite and on a throwaway PostgreSQL.
+    """
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'rustorium.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def engine(database_url):
+    """
+    The engine of an empty database, once on each engine.
+    """
+    return engine_from_url(database_url)

@@ -5,8 +5,9 @@ The running server reaches the database only through L{Database.run}, which
 runs a function of one cursor in the pool's thread inside one transaction.
 Start-up and the C{rustorium keys} command use L{run_blocking} with the
 same functions. Query functions (C{storage.keys}, C{storage.chain},
-C{storage.meta}) take that cursor as their first argument, so that a
-PostgreSQL engine can follow without touching callers.
+C{storage.meta}, C{storage.ledger}) take that cursor as their first argument
+and write portable SQL with C{?} placeholders, so they run unchanged on
+SQLite and PostgreSQL (L{engines}).
 """
 
 from collections.abc import Callable
@@ -15,12 +16,20 @@ from typing import Any, TypeVar
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
 
-from .engines import DatabaseURLError, SqliteEngine, engine_from_url
+from .engines import (
+    DatabaseURLError,
+    IDatabaseEngine,
+    PostgresEngine,
+    SqliteEngine,
+    engine_from_url,
+)
 from .schema import SchemaError, prepare_schema
 
 __all__ = [
     "Database",
     "DatabaseURLError",
+    "IDatabaseEngine",
+    "PostgresEngine",
     "SchemaError",
     "SqliteEngine",
     "engine_from_url",
@@ -36,7 +45,7 @@ class Database:
     The running server's database connection pool.
     """
 
-    def __init__(self, engine: SqliteEngine, reactor: Any) -> None:
+    def __init__(self, engine: IDatabaseEngine, reactor: Any) -> None:
         self.engine = engine
         self._pool = adbapi.ConnectionPool(
             engine.module.__name__,
@@ -60,7 +69,7 @@ class Database:
             self._pool.close()
 
 
-def run_blocking(engine: SqliteEngine, interaction: Callable[..., T], *args: Any) -> T:
+def run_blocking(engine: IDatabaseEngine, interaction: Callable[..., T], *args: Any) -> T:
     """
     Run C{interaction(cursor, *args)} in one transaction on a connection of
     its own, blocking; for start-up and the command line, never for the

@@ -1,18 +1,29 @@
 """
-Creating and upgrading the database schema.
+Creating and upgrading the database schema, on either engine.
 
 ``schema/v1.sql`` creates the first schema; ``schema/upgrade-<N>-to-<N+1>.sql``
-upgrades one step. An empty database gets the first schema and every upgrade
-in one transaction, so new and upgraded databases are made by the same
-statements. Each upgrade of an existing database runs in one transaction, so
-a failed one leaves the database as it was, and the file is copied aside
-before the first step.
+upgrades one step. An empty database gets the first schema and every upgrade,
+so new and upgraded databases are made by the same statements.
+
+The scripts are portable SQL: statements ending with ``;`` at the end of a
+line, 64-bit ``BIGINT`` integers and ``DOUBLE PRECISION`` times (which SQLite
+reads as INTEGER and REAL), and the three types that differ written in
+braces (``{id_key}``, ``{int_key}``, ``{amount}``), which each engine spells
+its own way (L{IDatabaseEngine.column_types}).
+
+All the work runs in one transaction holding the engine's start-up lock: a
+failed step leaves the database as it was, and of several processes
+preparing one database at once, one does the work and the others find it
+done. Before upgrading, an SQLite file is copied aside.
 """
 
-import sqlite3
+import re
 from importlib import resources
+from typing import Any
 
 from twisted.logger import Logger
+
+from .engines import IDatabaseEngine
 
 LATEST_VERSION = 3
 
@@ -29,60 +40,68 @@ def _script(name: str) -> str:
     return resources.files("rustorium.storage").joinpath(f"schema/{name}").read_text("utf-8")
 
 
-def current_version(connection: sqlite3.Connection) -> int | None:
+_TYPE = re.compile(r"\{(\w+)\}")
+
+
+def statements(engine: IDatabaseEngine, script: str) -> list[str]:
+    """
+    The statements of a script, with the engine's column types filled in.
+
+    @raise KeyError: for a type in braces that the engine does not know.
+    """
+    script = _TYPE.sub(lambda m: engine.column_types[m.group(1)], script)
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in re.split(r";\s*$", "\n".join(lines), flags=re.M) if s.strip()]
+
+
+def current_version(engine: IDatabaseEngine, cursor: Any) -> int | None:
     """
     The schema version of a database, or C{None} for an empty one.
     """
-    row = connection.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-    ).fetchone()
-    if row is None:
+    if not engine.has_table(cursor, "schema_version"):
         return None
-    (version,) = connection.execute("SELECT version FROM schema_version").fetchone()
+    cursor.execute("SELECT version FROM schema_version")
+    (version,) = cursor.fetchone()
     return int(version)
 
 
-def _run_script(connection: sqlite3.Connection, script: str) -> None:
-    try:
-        connection.executescript("BEGIN IMMEDIATE;\n" + script + "\nCOMMIT;")
-    except BaseException:
-        if connection.in_transaction:
-            connection.rollback()
-        raise
-
-
 def prepare_schema(
-    connection: sqlite3.Connection, path: str, latest: int = LATEST_VERSION
+    engine: IDatabaseEngine, connection: Any, latest: int = LATEST_VERSION
 ) -> tuple[int | None, int]:
     """
     Create the schema in an empty database, or upgrade an older one in place.
 
-    @param path: the database file, copied to C{PATH.v<N>.bak} before the
-        first upgrade step.
     @return: the version found (C{None} if empty) and the version now.
     @raise SchemaError: if the database is newer than this server.
     """
-    found = current_version(connection)
-    if found is None:
-        scripts = [_script("v1.sql")]
-        scripts += [_script(f"upgrade-{v}-to-{v + 1}.sql") for v in range(1, latest)]
-        _run_script(connection, "\n".join(scripts))
-        return None, latest
-    if found > latest:
-        raise SchemaError(
-            f"{path}: schema version {found} was written by a newer Rustorium "
-            f"(this one knows up to {latest})"
-        )
-    if found < latest:
-        backup = f"{path}.v{found}.bak"
-        with sqlite3.connect(backup) as target:
-            connection.backup(target)
-        target.close()
-        log.info(
-            "Upgrading database {path} from schema {found} to {latest}; "
-            "a copy of the old one is {backup}",
-            path=path, found=found, latest=latest, backup=backup,
-        )
-        for version in range(found, latest):
-            _run_script(connection, _script(f"upgrade-{version}-to-{version + 1}.sql"))
+    cursor = connection.cursor()
+    try:
+        engine.begin_exclusive(cursor)
+        found = current_version(engine, cursor)
+        if found is None:
+            scripts = [_script("v1.sql")]
+            scripts += [_script(f"upgrade-{v}-to-{v + 1}.sql") for v in range(1, latest)]
+        elif found > latest:
+            raise SchemaError(
+                f"{engine.location}: schema version {found} was written by a newer "
+                f"Rustorium (this one knows up to {latest})"
+            )
+        else:
+            scripts = [_script(f"upgrade-{v}-to-{v + 1}.sql") for v in range(found, latest)]
+            if scripts:
+                backup = engine.backup(connection, found)
+                log.info(
+                    "Upgrading database {location} from schema {found} to {latest}{copy}",
+                    location=engine.location, found=found, latest=latest,
+                    copy=f"; a copy of the old one is {backup}" if backup else "",
+                )
+        for script in scripts:
+            for statement in statements(engine, script):
+                cursor.execute(statement)
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        cursor.close()
     return found, latest

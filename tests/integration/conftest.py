@@ -41,12 +41,13 @@ class ServerProcess:
     """
 
     def __init__(
-        self, directory: Path, *args: str, port: int | None = None, twistd_args: tuple = ()
+        self, directory: Path, *args: str, port: int | None = None, twistd_args: tuple = (),
+        database: str | None = None,
     ) -> None:
         self.directory = directory
         self.twistd_args = tuple(twistd_args)
         self.port = port or free_port()
-        self.database = f"sqlite:{directory / 'rustorium.db'}"
+        self.database = database or f"sqlite:{directory / 'rustorium.db'}"
         self.args = args
         self.log_path = directory / f"server-{self.port}-{time.monotonic_ns()}.log"
         self.process: subprocess.Popen | None = None
@@ -128,8 +129,12 @@ def start_server(tmp_path):
     """
     started: list[ServerProcess] = []
 
-    def start(*args: str, port: int | None = None, twistd_args: tuple = ()) -> ServerProcess:
-        server = ServerProcess(tmp_path, *args, port=port, twistd_args=twistd_args).start()
+    def start(
+        *args: str, port: int | None = None, twistd_args: tuple = (), database: str | None = None
+    ) -> ServerProcess:
+        server = ServerProcess(
+            tmp_path, *args, port=port, twistd_args=twistd_args, database=database
+        ).start()
         started.append(server)
         return server
 

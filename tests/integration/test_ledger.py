@@ -5,8 +5,8 @@ and applies none twice.
 """
 
 import signal
-import sqlite3
 
+from rustorium.storage import engine_from_url, run_blocking
 from tests.integration.client import Client
 
 ALICE = "0xa11ce00000000000000000000000000000000001"
@@ -43,12 +43,13 @@ def test_transfer_end_to_end(start_server):
         assert refused["data"]["code"] == "forbidden"
 
 
-def test_sigkill_after_acknowledgements(start_server):
+def test_sigkill_after_acknowledgements(start_server, database_url):
     """
     Every acknowledged transaction is confirmed exactly once after a
-    SIGKILL and restart, balances add up, and message ids keep increasing.
+    SIGKILL and restart, balances add up, and message ids keep increasing
+    (on SQLite and on PostgreSQL).
     """
-    server = start_server("--block-interval", "60", *FAST)
+    server = start_server("--block-interval", "60", *FAST, database=database_url)
     key = server.demo_key()
     acknowledged = {}
     with Client(server.url, key) as client:
@@ -68,7 +69,8 @@ def test_sigkill_after_acknowledgements(start_server):
         server.process.send_signal(signal.SIGKILL)
         server.process.wait(10)
 
-    again = start_server("--block-interval", "0.2", *FAST, port=server.port)
+    again = start_server("--block-interval", "0.2", *FAST, port=server.port,
+                         database=database_url)
     with Client(again.url, key) as client:
         client.request("subscribe", {"channel": "transaction_updates", "address": CAROL})
         for request_id, transaction_id in list(acknowledged.items())[:20]:
@@ -88,11 +90,11 @@ def test_sigkill_after_acknowledgements(start_server):
         balances = {a: client.request("get_balance", {"address": a, "token_id": MTK})["data"]
                     for a in (ALICE, BOB, CAROL)}
 
-    database = sqlite3.connect(server.database.removeprefix("sqlite:"))
-    rows = database.execute(
-        "SELECT transaction_id, status, block_number, amount FROM transactions"
-    ).fetchall()
-    database.close()
+    def stored(cursor):
+        cursor.execute("SELECT transaction_id, status, block_number, amount FROM transactions")
+        return cursor.fetchall()
+
+    rows = run_blocking(engine_from_url(database_url), stored)
     by_id = {}
     for transaction_id, status, block, amount in rows:
         assert transaction_id not in by_id, "a transaction was stored twice"

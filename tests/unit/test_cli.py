@@ -1,5 +1,6 @@
 """
-The rustorium command: keys create, list, revoke.
+The rustorium command: keys create, list, revoke (on SQLite and on a
+throwaway PostgreSQL: the C{database_url} fixture).
 """
 
 import pytest
@@ -12,8 +13,8 @@ from rustorium.storage.keys import find_key
 ADDRESS = "0x" + "A" * 40
 
 
-def test_create_prints_key_last(tmp_path, capsys):
-    url = f"sqlite:{tmp_path / 'r.db'}"
+def test_create_prints_key_last(database_url, capsys):
+    url = database_url
     assert main(["keys", "create", "--database", url, "--create-database", "--name", "bot",
                  "--address", ADDRESS]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -24,8 +25,8 @@ def test_create_prints_key_last(tmp_path, capsys):
     assert found.addresses == frozenset({ADDRESS.lower()})
 
 
-def test_list_and_revoke(tmp_path, capsys):
-    url = f"sqlite:{tmp_path / 'r.db'}"
+def test_list_and_revoke(database_url, capsys):
+    url = database_url
     main(["keys", "create", "--database", url, "--create-database", "--name", "one"])
     key = capsys.readouterr().out.splitlines()[-1]
     assert main(["keys", "list", "--database", url]) == 0
@@ -70,3 +71,11 @@ def test_missing_database_is_an_error(tmp_path, capsys, monkeypatch, action):
     assert main(["keys", *action[:1], *action[1:]]) == 1  # the default, rustorium.db
     assert "rustorium.db" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_postgresql(capsys):
+    from tests.services import free_port
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/rustorium"
+    assert main(["keys", "list", "--database", url]) == 1
+    assert "cannot connect" in capsys.readouterr().err

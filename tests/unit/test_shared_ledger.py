@@ -1,7 +1,7 @@
 """
 The cluster's ledger, where the database guards the money: on a real
-database (SQLite here, one transaction per call, run at once), with the
-reactor's clock faked.
+database (SQLite and a throwaway PostgreSQL, one transaction per call, run
+at once), with the reactor's clock faked.
 """
 
 import pytest
@@ -11,9 +11,9 @@ from rustorium.bootstrap import create_demo_key, prepare_database
 from rustorium.errors import RequestError
 from rustorium.requests import ExecuteTransaction
 from rustorium.shared_ledger import PENDING_GRACE, SharedLedger
-from rustorium.storage import SqliteEngine, run_blocking
+from rustorium.storage import IDatabaseEngine, engine_from_url, run_blocking
 from rustorium.storage.keys import ApiKey
-from rustorium.storage.shared_ledger import SQLITE
+from rustorium.storage.shared_ledger import POSTGRESQL, SQLITE
 from tests.helpers import ALICE, BOB, MTK, STK, demo_catalog
 
 CAROL = "0x" + "c" * 40
@@ -26,16 +26,20 @@ class ImmediateDatabase:
     transaction on a connection of its own, the result already fired.
     """
 
-    def __init__(self, engine: SqliteEngine) -> None:
+    def __init__(self, engine: IDatabaseEngine) -> None:
         self.engine = engine
 
     def run(self, interaction, *args):
         return succeed(run_blocking(self.engine, interaction, *args))
 
 
+def dialect(engine):
+    return SQLITE if engine.name == "sqlite" else POSTGRESQL
+
+
 @pytest.fixture
-def engine(tmp_path):
-    engine = SqliteEngine(str(tmp_path / "shared.db"))
+def engine(database_url):
+    engine = engine_from_url(database_url)
     prepare_database(engine, None)
     run_blocking(engine, create_demo_key)  # as the service does once listening
     return engine
@@ -48,7 +52,7 @@ def announced():
 
 def make_ledger(engine, clock, announced, block_interval=2.0):
     return SharedLedger(
-        demo_catalog(), ImmediateDatabase(engine), SQLITE, clock,
+        demo_catalog(), ImmediateDatabase(engine), dialect(engine), clock,
         lambda rows: announced.extend((r.transaction_id, r.status) for r in rows),
         block_interval,
     )
@@ -223,7 +227,7 @@ def test_a_repeat_sent_while_the_first_is_stored_gets_the_same_transaction(
     engine, clock, announced
 ):
     database = HeldDatabase(engine)
-    ledger = SharedLedger(demo_catalog(), database, SQLITE, clock,
+    ledger = SharedLedger(demo_catalog(), database, dialect(engine), clock,
                           lambda rows: None, 2.0)
     key = alice_key(engine)
     first = ledger.submit(key, transfer("5", key="k"))
@@ -241,7 +245,8 @@ def test_a_failed_commit_answers_internal_error(engine, clock, logged_errors):
         def run(self, interaction, *args):
             return fail(OSError("disk I/O error"))
 
-    ledger = SharedLedger(demo_catalog(), Broken(engine), SQLITE, clock, lambda rows: None, 2.0)
+    ledger = SharedLedger(demo_catalog(), Broken(engine), dialect(engine), clock,
+                          lambda rows: None, 2.0)
     error = result(ledger.submit(alice_key(engine), transfer("1")))
     assert error.code == "internal_error"
     assert [e["log_failure"].type for e in logged_errors] == [OSError]

@@ -6,21 +6,21 @@
 -- taking over the market reads a day of volume from a few thousand rows).
 -- A single node on SQLite keeps these in memory and leaves them be.
 
-ALTER TABLE balances ADD COLUMN pending_out TEXT NOT NULL DEFAULT '0';
+ALTER TABLE balances ADD COLUMN pending_out {amount} NOT NULL DEFAULT 0;
 
 CREATE TABLE idempotency_keys (
-    key_id INTEGER NOT NULL,
+    key_id BIGINT NOT NULL,
     idempotency_key TEXT NOT NULL,
     transaction_id TEXT NOT NULL,
-    created_at REAL NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (key_id, idempotency_key)
 );
 
 CREATE TABLE block_volumes (
-    block_number INTEGER NOT NULL,
+    block_number BIGINT NOT NULL,
     token_id TEXT NOT NULL,
-    amount TEXT NOT NULL,
-    timestamp REAL NOT NULL,
+    amount {amount} NOT NULL,
+    timestamp DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (block_number, token_id)
 );
 CREATE INDEX block_volumes_by_time ON block_volumes (timestamp);

@@ -1,7 +1,11 @@
 -- Rustorium schema, version 1: API keys, tokens, genesis balances and the
 -- server's own counters. Plain SQL that SQLite and PostgreSQL both accept:
--- lower_snake identifiers, no quoting, amounts as TEXT (exact integers of
--- base units, which overflow 64-bit columns for 18-decimal tokens).
+-- lower_snake identifiers, no quoting, 64-bit integers. The types in braces
+-- differ between engines (see rustorium/storage/schema.py): {id_key} is a
+-- key the database assigns (the rowid in SQLite, an identity column in
+-- PostgreSQL), {amount} an exact integer of base units, which overflows
+-- 64-bit columns for 18-decimal tokens (TEXT in SQLite, NUMERIC(78, 0) in
+-- PostgreSQL).
 
 CREATE TABLE schema_version (
     version INTEGER NOT NULL
@@ -13,7 +17,7 @@ CREATE TABLE meta (
 );
 
 CREATE TABLE api_keys (
-    key_id INTEGER PRIMARY KEY,
+    key_id {id_key},
     key_hash TEXT NOT NULL UNIQUE,
     name TEXT NOT NULL,
     created_at TEXT NOT NULL,
@@ -21,7 +25,7 @@ CREATE TABLE api_keys (
 );
 
 CREATE TABLE api_key_addresses (
-    key_id INTEGER NOT NULL REFERENCES api_keys (key_id),
+    key_id BIGINT NOT NULL REFERENCES api_keys (key_id),
     address TEXT NOT NULL,
     PRIMARY KEY (key_id, address)
 );
@@ -31,14 +35,14 @@ CREATE TABLE tokens (
     name TEXT NOT NULL,
     symbol TEXT NOT NULL UNIQUE,
     decimals INTEGER NOT NULL,
-    total_supply TEXT NOT NULL,
-    initial_price TEXT NOT NULL
+    total_supply {amount} NOT NULL,
+    initial_price {amount} NOT NULL
 );
 
 CREATE TABLE balances (
     address TEXT NOT NULL,
     token_id TEXT NOT NULL REFERENCES tokens (token_id),
-    amount TEXT NOT NULL,
+    amount {amount} NOT NULL,
     PRIMARY KEY (address, token_id)
 );
 
