@@ -66,6 +66,9 @@ class Application:
 
     @ivar node: this node's name in the cluster.
     @ivar attached: the feed each subscription attached here belongs to.
+    @ivar describe_node: returns this node as the cluster's registry lists
+        it (it is listed by C{server_info} even before its first
+        announcement reached the broker).
     @ivar on_lost: called with a reason when this node may have missed
         updates (its broker link dropped): the front ends close their
         clients with a reconnect code, so that they resume by replay.
@@ -93,6 +96,7 @@ class Application:
         self.version = __version__
         self.attached: dict[str, Feed] = {}
         self.on_lost: Callable[[str], None] = lambda reason: None
+        self.describe_node: Callable[[], dict] | None = None
         broker.on_updates = fanout.deliver
         broker.on_control = self._control
         broker.on_lost = lambda reason: self.on_lost(reason)
@@ -184,6 +188,8 @@ class Application:
 
     def _server_info(self, nodes: list[dict]) -> dict[str, object]:
         settings = self.settings
+        if self.describe_node is not None and not any(n.get("name") == self.node for n in nodes):
+            nodes = [*nodes, self.describe_node()]
         return {
             "version": self.version,
             "timestamp": isoformat(self.clock.seconds()),

@@ -93,8 +93,11 @@ class SingletonService(Service):
             return succeed(None)
         d = self._step_down("this node is stopping")
         d.addCallback(lambda _: self._leases.release_lease(self._lease, self._holder))
-        d.addErrback(lambda f: self.log.failure("Releasing lease {name} failed", f,
-                                                name=self._lease))
+        # The broker may be stopping too; then the lease simply expires.
+        d.addErrback(lambda f: self.log.info(
+            "Lease {name} not released ({error}); it expires within {ttl:g} s",
+            name=self._lease, error=f.getErrorMessage(), ttl=self._ttl,
+        ))
         return d
 
     def _renew(self) -> None:

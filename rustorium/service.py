@@ -320,6 +320,7 @@ class RustoriumService(MultiService):
         self.app = app = Application(settings, reactor, node, catalog, ledger, broker, Fanout())
         self.server = server = Server(app, KeyStore(database))
         app.on_lost = self._broker_lost
+        app.describe_node = self._describe_node
         broker.on_restored = self._broker_restored
         BrokerService(broker, self._broker_ready, reactor).setServiceParent(self)
 

@@ -35,6 +35,9 @@ RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 """Seconds before restarting a child that died, by how often it died
 within the last minute."""
 
+TWISTD = "from twisted.scripts.twistd import run; run()"
+"""The twistd command, run by this Python whatever its install's scripts."""
+
 STOP_GRACE = 10.0
 """Seconds a child gets beyond its close timeout to exit on SIGTERM before
 it is killed."""
@@ -140,7 +143,7 @@ class WorkerSupervisor(Service):
         The command line that runs one worker.
         """
         return [
-            self._executable, "-m", "twisted", "--nodaemon", "--pidfile=",
+            self._executable, "-c", TWISTD, "--nodaemon", "--pidfile=",
             *self._twistd_args, "rustorium", "--config", child.config,
         ]
 

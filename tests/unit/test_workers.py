@@ -13,7 +13,13 @@ from twisted.python.failure import Failure
 
 from rustorium.config import Settings, load_toml
 from rustorium.tap import Options, _child_twistd_args
-from rustorium.workers import RESTART_DELAYS, STOP_GRACE, WorkerSupervisor, settings_as_toml
+from rustorium.workers import (
+    RESTART_DELAYS,
+    STOP_GRACE,
+    TWISTD,
+    WorkerSupervisor,
+    settings_as_toml,
+)
 
 CLUSTER = {
     "broker": "redis://127.0.0.1:6390/0",
@@ -77,7 +83,7 @@ def test_starts_one_named_node_per_worker_on_a_shared_port(tmp_path):
     assert len(reactor.spawned) == 3
     names = []
     for args, _ in reactor.spawned:
-        assert args[:5] == ["/venv/bin/python", "-m", "twisted", "--nodaemon", "--pidfile="]
+        assert args[:5] == ["/venv/bin/python", "-c", TWISTD, "--nodaemon", "--pidfile="]
         assert args[5:9] == ["--logger", "rustorium.logs.json_observer", "rustorium", "--config"]
         child = Settings.from_sources(load_toml(args[9]))
         assert (child.workers, child.reuse_port) == (1, True)
