@@ -13,9 +13,11 @@ prices tick for tick, whatever the order of the markets.
 import math
 import random
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.application.service import Service
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -81,6 +83,16 @@ class MarketSimulator:
             for market in catalog.markets.values()
         ]
 
+    def continue_from(self, prices: dict[str, int]) -> None:
+        """
+        Continue the walks from these last prices (by market symbol), as a
+        node taking over the market from another does.
+        """
+        for state in self._states:
+            price = prices.get(state.market.symbol)
+            if price is not None and price > 0:
+                state.price = price
+
     def tick(self, now: float) -> list[Quote]:
         """
         Move every market one step; return the new quotes.
@@ -118,7 +130,15 @@ class MarketService(Service):
         tick_interval: float,
         seed: int,
         token_volume: Callable[[str], int],
+        last_prices: Callable[[], Any] | None = None,
     ) -> None:
+        """
+        @param last_prices: fires with the last published price of each
+            market (by symbol, in units of L{PRICE_DECIMALS}); the walk
+            continues from them when this service starts, so that prices do
+            not jump back when another node takes the market over.
+        """
+        self._last_prices = last_prices
         self._publish_batch = publish
         self._clock = clock
         self._interval = tick_interval
@@ -129,6 +149,17 @@ class MarketService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self._last_prices is None:
+            self._start_ticking()
+            return
+        d = maybeDeferred(self._last_prices)
+        d.addCallback(self._simulator.continue_from)
+        d.addErrback(lambda f: self.log.failure("Reading the last prices failed", f))
+        d.addCallback(lambda _: self._start_ticking())
+
+    def _start_ticking(self) -> None:
+        if not self.running or self._loop.running:
+            return
         self._loop.start(self._interval, now=True).addErrback(
             lambda f: self.log.failure("The market ticks stopped", f)
         )

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from autobahn.twisted.resource import WebSocketResource
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
@@ -27,6 +28,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from . import tls
+from .amounts import parse_units
 from .apikeys import KeyStore, RevocationService
 from .application import Application
 from .bootstrap import (
@@ -42,14 +44,16 @@ from .chain import ChainService
 from .closecodes import CloseCode
 from .config import Settings
 from .fanout import Fanout
+from .genesis import PRICE_DECIMALS
 from .heartbeat import HeartbeatService
-from .hub import MessageIds
+from .hub import MessageIds, channel_key
 from .leadership import SingletonService
 from .ledger import DatabaseLedgerStore, Ledger
 from .market import MarketService
 from .metrics import HealthPage, MetricsPage, make_registry
 from .nodes import NodeAnnouncer
 from .output import listening_reactor
+from .requests import MARKET_DATA
 from .server import Server
 from .shared_ledger import SharedLedger
 from .storage import Database, engine_from_url, run_blocking
@@ -230,6 +234,24 @@ def make_ledger(
     )
 
 
+def last_prices(broker: Any, catalog: Catalog) -> Deferred:
+    """
+    Fires with the last published price of each market, by symbol, in
+    units of L{PRICE_DECIMALS}: what a node taking over the market
+    continues from.
+    """
+    keys = [channel_key(MARKET_DATA, symbol) for symbol in catalog.markets]
+
+    def read(state: Any) -> dict[str, int]:
+        prices = {}
+        for update in state.snapshots:
+            data = orjson.loads(update.payload)["data"]
+            prices[data["symbol"]] = parse_units(data["price"], PRICE_DECIMALS)
+        return prices
+
+    return broker.current_state(keys).addCallback(read)
+
+
 class _LoadVolume(Service):
     """
     When this node takes over the sources, read the day's confirmed
@@ -328,7 +350,7 @@ class RustoriumService(MultiService):
         _LoadVolume(ledger).setServiceParent(sources)
         MarketService(
             catalog, app.publish, reactor, settings.tick_interval, settings.market_seed,
-            ledger.volume_24h,
+            ledger.volume_24h, lambda: last_prices(broker, catalog),
         ).setServiceParent(sources)
         ChainService(ledger, settings.block_interval, reactor).setServiceParent(sources)
         sources = SingletonService(

@@ -107,3 +107,20 @@ def test_failing_tick_keeps_ticking(clock, logged_errors):
     assert len(calls) == 2
     assert len(logged_errors) == 2
     logged_errors.clear()
+
+
+def test_a_new_market_node_continues_from_the_last_prices(clock):
+    """
+    A node that takes the market over continues each walk from the last
+    published price, so prices do not jump back to where the genesis began.
+    """
+    broker = LocalBroker(clock, MessageIds(1, 10**9, 10**6), "node")
+    published = []
+    broker.on_updates = published.extend
+    service = MarketService(demo_catalog(), broker.publish, clock, 1.0, 1, lambda t: 0,
+                            lambda: {"MTK/USD": 5 * 10**12})
+    service.startService()
+    service.stopService()
+    first = orjson.loads(published[0].payload)["data"]
+    assert first["symbol"] == "MTK/USD"
+    assert 49_000 < float(first["price"]) < 51_000
