@@ -85,6 +85,7 @@ class EchoServer:
 
     settings: Settings
     ready: bool = True
+    broker_ready: bool = True
     counters: Counters = attrs.Factory(Counters)
     connections_per_key: Counter[int] = attrs.Factory(Counter)
 
