@@ -300,3 +300,28 @@ def test_workers_share_one_port(tmp_path, redis_server, postgres_url):  # noqa: 
     # twistd ends with the signal that stopped it, once it has shut down.
     assert status in (0, -signal.SIGTERM), supervisor.output()
     assert "Worker w-1 stopped" in supervisor.output()
+
+
+def test_subscriptions_survive_a_restart_of_every_node(cluster):
+    """
+    With the broker keeping them, subscriptions outlive every node: after
+    both nodes restart, a client resumes on either, recovered.
+    """
+    a = cluster.start("node-a")
+    b = cluster.start("node-b")
+    key = cluster.key(ALICE)
+    with Client(a.url, key) as client:
+        subscription_id, _ = subscribe(client, {"channel": "market_data",
+                                                "symbols": ["STK/USD"]})
+        last = client.until(lambda m: m["type"] == "update")["id"]
+    for node in (a, b):
+        node.stop()
+    for name in ("node-a", "node-b"):
+        cluster.start(name)
+    with Client(cluster.nodes["node-b"].url, key) as client:
+        reply = client.request("reconnect", {"last_message_id": last,
+                                             "subscriptions": [subscription_id]})
+        (entry,) = reply["data"]["subscriptions"]
+        assert entry["status"] == "resumed", reply
+        assert reply["data"]["recovered"] is True, reply
+        assert client.until(lambda m: m["type"] == "update")["data"]["symbol"] == "STK/USD"
