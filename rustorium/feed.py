@@ -179,6 +179,8 @@ class Feed:
     # Subscribe and unsubscribe
 
     def _subscribe(self, request: Subscribe, confirm: Callable[[Subscription], None]) -> Any:
+        if self._closed:
+            return None
         app = self._app
         existing = self._by_topics.get((request.channel, request.topics))
         if existing is not None:
@@ -252,7 +254,9 @@ class Feed:
 
     def _resume(
         self, subscription_ids: list[str], last: int | None, confirm: Callable[[dict], None]
-    ) -> Deferred:
+    ) -> Deferred | None:
+        if self._closed:
+            return None
         wanted = list(dict.fromkeys(subscription_ids))
         claims: dict[str, Claim] = {}
         d = self._claim(wanted, claims)
