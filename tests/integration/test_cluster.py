@@ -14,7 +14,7 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.client import Client
 from tests.integration.conftest import BIN, ServerProcess, environment
@@ -75,6 +75,21 @@ def cluster(tmp_path, redis_server, postgres_url):  # noqa: F811
     cluster.stop()
 
 
+def connect(url: str, key: str, timeout: float = 30.0) -> Client:
+    """
+    A client of a node that has just started: it answers 503 until it
+    reaches the broker.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return Client(url, key)
+        except InvalidStatus as e:
+            if e.response.status_code != 503 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def ready(client: Client, timeout: float = 10.0) -> dict:
     """
     Wait until the node answers (its broker link may still be coming up).
@@ -106,7 +121,7 @@ class Transfers(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        with Client(self.url, self.key) as client:
+        with connect(self.url, self.key) as client:
             n = 0
             while not self.stopping.is_set():
                 reply = transfer(client, f"{self.prefix}{n}", "0.001", sender=self.sender)
@@ -143,12 +158,12 @@ def test_a_client_resumes_on_another_node_after_its_node_is_killed(cluster):
         {"channel": "market_data", "symbols": ["MTK/USD"]},
         {"channel": "transaction_updates", "address": ALICE},
     ]
-    with Client(b.url, key) as observer:
+    with connect(b.url, key) as observer:
         info = ready(observer)
         assert info["node"] == "node-b"
         assert {n["name"] for n in info["nodes"]} >= {"node-b"}
         observed = [subscribe(observer, s) for s in subscriptions]
-        client = Client(a.url, key)
+        client = connect(a.url, key)
         assert ready(client)["node"] == "node-a"
         made = [subscribe(client, s) for s in subscriptions]
         ids = [subscription_id for subscription_id, _ in made]
@@ -163,7 +178,7 @@ def test_a_client_resumes_on_another_node_after_its_node_is_killed(cluster):
                 before.append(message)
         a.stop(signal.SIGKILL)
         time.sleep(1.5)  # updates the client misses while it has no node
-        with Client(b.url, key) as resumed:
+        with connect(b.url, key) as resumed:
             reply = resumed.request("reconnect", {"last_message_id": before[-1]["id"],
                                                   "subscriptions": ids})
             assert reply["data"]["recovered"] is True, reply
@@ -205,7 +220,7 @@ def test_concurrent_transfers_through_two_nodes_never_overspend(cluster):
 
     def burst(url: str, prefix: str) -> None:
         try:
-            with Client(url, key) as client:
+            with connect(url, key) as client:
                 for n in range(100):
                     reply = transfer(client, f"{prefix}{n}", "1000000", token=RST)
                     with lock:
@@ -228,7 +243,7 @@ def test_concurrent_transfers_through_two_nodes_never_overspend(cluster):
     refused = [r["data"]["code"] for r in results if r["type"] == "error"]
     assert len(accepted) <= 250
     assert set(refused) <= {"insufficient_funds", "internal_error"}
-    with Client(survivor.url, key) as client:
+    with connect(survivor.url, key) as client:
         deadline = time.monotonic() + 20
         statuses: Counter = Counter()
         while time.monotonic() < deadline:
@@ -255,7 +270,7 @@ def test_one_idempotency_key_gives_one_transaction_across_nodes(cluster):
     replies = []
 
     def send(url: str) -> None:
-        with Client(url, key) as client:
+        with connect(url, key) as client:
             replies.append(transfer(client, "same", "2", idempotency_key="order-7"))
 
     threads = [threading.Thread(target=send, args=(node.url,)) for node in (a, b, a, b)]
@@ -265,7 +280,7 @@ def test_one_idempotency_key_gives_one_transaction_across_nodes(cluster):
         thread.join(30)
     assert {r["type"] for r in replies} == {"transaction_response"}
     assert len({r["data"]["transaction_id"] for r in replies}) == 1
-    with Client(b.url, key) as client:
+    with connect(b.url, key) as client:
         balance = client.request("get_balance", {"address": ALICE, "token_id": MTK})["data"]
         assert balance["available"] == "599998"
 
@@ -284,7 +299,7 @@ def test_workers_share_one_port(tmp_path, redis_server, postgres_url):  # noqa: 
         seen = Counter()
         deadline = time.monotonic() + 30
         while len(seen) < 2 and time.monotonic() < deadline:
-            clients = [Client(supervisor.url, key) for _ in range(8)]
+            clients = [connect(supervisor.url, key) for _ in range(8)]
             try:
                 for client in clients:
                     try:
@@ -310,7 +325,7 @@ def test_subscriptions_survive_a_restart_of_every_node(cluster):
     a = cluster.start("node-a")
     b = cluster.start("node-b")
     key = cluster.key(ALICE)
-    with Client(a.url, key) as client:
+    with connect(a.url, key) as client:
         subscription_id, _ = subscribe(client, {"channel": "market_data",
                                                 "symbols": ["STK/USD"]})
         last = client.until(lambda m: m["type"] == "update")["id"]
@@ -318,7 +333,7 @@ def test_subscriptions_survive_a_restart_of_every_node(cluster):
         node.stop()
     for name in ("node-a", "node-b"):
         cluster.start(name)
-    with Client(cluster.nodes["node-b"].url, key) as client:
+    with connect(cluster.nodes["node-b"].url, key) as client:
         reply = client.request("reconnect", {"last_message_id": last,
                                              "subscriptions": [subscription_id]})
         (entry,) = reply["data"]["subscriptions"]
