@@ -4,9 +4,10 @@ Run the Rustorium server benchmarks and print every figure beside its target.
 
     python bench/run.py                 # everything (10-20 minutes)
     python bench/run.py --quick         # all scenarios at small N (1-2 minutes)
-    python bench/run.py --smoke         # fan-out N=20 for 2 s against rustorium; exit 0 if
-                                        # it delivered anything (for a pytest test)
-    python bench/run.py --scenarios fanout --servers rustorium,reference,node-ws
+    python bench/run.py --smoke         # fan-out N=20 for 2 s against rustorium (and
+                                        # rustorium-redis at 50 updates/s); exit 0 if
+                                        # each delivered anything (for a pytest test)
+    python bench/run.py --scenarios fanout,broker --servers rustorium,rustorium-redis,reference
 
 Why it is built this way: the server under test is started as users start it
 (``twistd -n rustorium``) on CPU 0, and a compiled epoll generator
@@ -14,7 +15,10 @@ Why it is built this way: the server under test is started as users start it
 bottleneck; its CPU share is printed with every fan-out figure.  The same run
 measures a bare C reference server (the floor of this machine) and a Node.js
 ``ws`` server, because absolute numbers drift with the host by 15-25% while
-ratios within one run are steady.  See ``bench/README.rst``.
+ratios within one run are steady.  For the same reason the server with the
+Redis broker (``rustorium-redis``, against a throwaway ``redis-server``) is
+measured in the same run as the server with the local one, and the report
+gives their ratio.  See ``bench/README.rst``.
 """
 
 from __future__ import annotations
@@ -52,9 +56,30 @@ from servers import (  # the bench directory is on sys.path, not a package
 # measurement is marked noisy (some is kernel softirq work, normally < 15%).
 NOISY_PCT = 20.0
 
-SCENARIOS = ("fanout", "batch10", "latency", "idle", "commands", "reconnect")
+SCENARIOS = ("fanout", "batch10", "broker", "latency", "idle", "commands", "reconnect")
 # Scenarios that need the real protocol (commands, reconnect) only run on rustorium.
 PROTOCOL_ONLY = {"commands", "reconnect"}
+# The servers the broker scenario compares: the same server with each broker.
+BROKER_SERVERS = ("rustorium", "rustorium-redis")
+# Scenarios that tick every reactor turn (tick-interval 0), which the Redis
+# broker cannot follow: its node would publish faster than one script call
+# in flight numbers the updates, queue them without bound and deliver them
+# seconds late in large coalesced writes, a regime not comparable with the
+# others.  The broker scenario paces the ticks instead.
+SATURATING = {"fanout", "batch10"}
+
+# The server with the Redis broker, against the same server with the local
+# one: CPU per delivery at most this many times the local figure, from this
+# N up (the broker is paid per update, so it weighs less the more
+# subscribers share each update).
+REDIS_RATIO = 1.10
+REDIS_TARGET_N = 1000
+# The broker scenario compares servers that keep pace with the ticks: each
+# must deliver at least this share of N updates per tick interval, and
+# updates older than BACKLOG_MS on arrival (median) mean it is writing a
+# backlog (coalesced, cheaper per delivery) rather than keeping pace.
+PACE_SHARE = 0.9
+BACKLOG_MS = 50.0
 
 
 @dataclass
@@ -71,6 +96,8 @@ class Profile:
     cmd_conns: int
     cmd_duration: float
     reconnect_n: int
+    broker_ns: tuple[int, ...] = (1000,)
+    broker_tick: float = 0.02
 
 
 FULL = Profile(fanout_ns=(100, 1000, 5000), duration=6.0, warmup=1.0, batch_n=1000,
@@ -78,10 +105,10 @@ FULL = Profile(fanout_ns=(100, 1000, 5000), duration=6.0, warmup=1.0, batch_n=10
                cmd_duration=5.0, reconnect_n=5000)
 QUICK = Profile(fanout_ns=(100,), duration=2.0, warmup=0.5, batch_n=100, latency_n=100,
                 latency_duration=3.0, idle_n=1000, cmd_conns=50, cmd_duration=2.0,
-                reconnect_n=500)
+                reconnect_n=500, broker_ns=(100,))
 SMOKE = Profile(fanout_ns=(20,), duration=2.0, warmup=0.5, batch_n=20, latency_n=20,
                 latency_duration=2.0, idle_n=20, cmd_conns=5, cmd_duration=1.0,
-                reconnect_n=20)
+                reconnect_n=20, broker_ns=(20,))
 
 
 # -- a shared machine ----------------------------------------------------------
@@ -134,6 +161,8 @@ def run_gen(server: Running, mode: str, conns: int, *args: str, budget: float = 
             "--server-pid", str(server.pid), *args]
     if server.info.get("ready_signal"):
         argv.append("--ready-signal")
+    if server.aux_pid:
+        argv += ["--aux-pid", str(server.aux_pid)]
     try:
         out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=budget)
     except subprocess.TimeoutExpired as exc:
@@ -154,6 +183,10 @@ def disturbance(res: dict) -> dict:
     win, cpu = res["window_s"], res["server_cpu_s"]
     other0 = res["cpu0_busy_pct"] - 100.0 * cpu / win if win and cpu >= 0 else 0.0
     other1 = res["cpu1_busy_pct"] - res["gen_cpu_pct"]
+    # The server's Redis runs on the generator's core (servers.RedisProcess).
+    aux = res.get("aux_cpu_s", -1.0)
+    if win and aux > 0:
+        other1 -= 100.0 * aux / win
     return {"cpu0_other_pct": other0, "cpu1_other_pct": other1,
             "noisy": other0 > NOISY_PCT or other1 > NOISY_PCT}
 
@@ -181,6 +214,12 @@ def fanout(server: Running, n: int, k: int, prof: Profile) -> dict:
                   "--warmup", str(prof.warmup), "--duration", str(prof.duration),
                   "--setup-timeout", str(st), budget=st + prof.warmup + prof.duration + 60)
     win, upd, cpu = res["window_s"], res["updates"], res["server_cpu_s"]
+    aux = res.get("aux_cpu_s", -1.0)
+    broker = {}
+    if server.aux_pid and aux >= 0:
+        # The Redis broker's own CPU, beside the node's (not included in it).
+        broker = {"broker_cpu_pct": 100.0 * aux / win if win else None,
+                  "broker_us_per_delivery": aux * 1e6 / upd if upd else None}
     return {
         "age_p50_ms": res["latency"]["p50_us"] / 1000,
         "age_p99_ms": res["latency"]["p99_us"] / 1000,
@@ -197,7 +236,7 @@ def fanout(server: Running, n: int, k: int, prof: Profile) -> dict:
         "cpu0_us_per_delivery": (res["cpu0_busy_pct"] / 100.0 * win * 1e6 / upd)
         if upd and res["cpu0_busy_pct"] >= 0 else None,
         "update_bytes": res["update_bytes_avg"],
-        "errors": res["errors"], "closed_by_peer": res["closed_by_peer"],
+        "errors": res["errors"], "closed_by_peer": res["closed_by_peer"], **broker,
     }
 
 
@@ -352,12 +391,26 @@ class Bench:
                 f"{attempt + 1})")
         self.record(scenario, name, n, rep, fig)
 
+    def names(self, scenario: str) -> list[str]:
+        """The servers a scenario runs on, in the order they were given."""
+        if scenario in PROTOCOL_ONLY:
+            return [s for s in self.servers if s == "rustorium"]
+        if scenario == "broker":
+            # The smoke run has measured the local broker in fanout already.
+            skip = {"rustorium"} if self.args.smoke else set()
+            return [s for s in self.servers if s in BROKER_SERVERS and s not in skip]
+        if scenario in SATURATING:
+            return [s for s in self.servers if s != "rustorium-redis"]
+        return list(self.servers)
+
     def run(self) -> None:
         p, a = self.prof, self.args
         for rep in range(a.reps):
             for scenario in a.scenarios:
-                names = [s for s in self.servers
-                         if scenario not in PROTOCOL_ONLY or s == "rustorium"]
+                names = self.names(scenario)
+                if not names and rep == 0:
+                    log(f"{scenario}: none of the chosen servers runs it (rustorium-redis runs "
+                        "broker, latency and idle; commands and reconnect are rustorium's)")
                 if scenario == "fanout":
                     for n in p.fanout_ns:
                         for name in names:
@@ -367,6 +420,12 @@ class Bench:
                     for name in names:
                         self.measure(scenario, name, p.batch_n, rep, 0.0,
                                      lambda s: fanout(s, p.batch_n, 10, p))
+                elif scenario == "broker":
+                    for n in p.broker_ns:
+                        for name in names:
+                            self.measure(scenario, name, n, rep, p.broker_tick,
+                                         lambda s, n=n: {**fanout(s, n, 1, p),
+                                                         "tick_interval": p.broker_tick})
                 elif scenario == "latency":
                     for name in names:
                         self.measure(scenario, name, p.latency_n, rep, 0.1,
@@ -463,6 +522,7 @@ def report(rows: list[dict], scenarios: list[str]) -> list[str]:
 
     def fan_tables(scenario: str, title: str) -> None:
         med = median_rows(rows, scenario)
+        broker_rows: list[list[str]] = []
         for n in sorted({k[1] for k in med}):
             ref_row, node_row = med.get(("reference", n)), med.get(("node-ws", n))
             ref = (ref_row or {}).get("server_us_per_delivery")
@@ -489,6 +549,9 @@ def report(rows: list[dict], scenarios: list[str]) -> list[str]:
                                       "CPU1 other%", "CPU0 us/deliv", "age p50 ms",
                                       "bytes/upd"], body)
             rr = med.get(("rustorium", n))
+            if scenario == "broker":
+                compare_brokers(n, rr, med.get(("rustorium-redis", n)), broker_rows)
+                continue
             if not rr or failed(rr):
                 continue
             us = rr.get("server_us_per_delivery")
@@ -508,11 +571,52 @@ def report(rows: list[dict], scenarios: list[str]) -> list[str]:
                 verdicts.append(f"batch10 N={n}: rustorium {_fmt(us, 2)} us/delivery <= node-ws/3"
                                 f" = {_fmt(node / 3 if node else None, 2)}: "
                                 f"{verdict(t2, rr, node_row)}")
+        if broker_rows:
+            table("the Redis broker beside the local one: the node's CPU per delivery "
+                  "(Redis's own CPU apart, then added)",
+                  ["N", "local us/deliv", "redis us/deliv", "redis/local", "Redis CPU%",
+                   "Redis us/deliv", "(node+Redis)/local", "local age p50 ms",
+                   "redis age p50 ms"], broker_rows)
+
+    def compare_brokers(n: int, local: dict | None, redis: dict | None,
+                        out: list[list[str]]) -> None:
+        """The broker scenario's comparison row and its target, when both were measured."""
+        if not local or not redis or failed(local) or failed(redis):
+            return
+        us, redis_us = local.get("server_us_per_delivery"), redis.get("server_us_per_delivery")
+        ratio = redis_us / us if redis_us and us else None
+        broker_us = redis.get("broker_us_per_delivery")
+        total = (redis_us + broker_us) / us if redis_us and us and broker_us is not None \
+            else None
+        out.append([str(n), _fmt(us, 2) + ("*" if local.get("noisy") else ""),
+                    _fmt(redis_us, 2) + ("*" if redis.get("noisy") else ""), _fmt(ratio, 3),
+                    _fmt(redis.get("broker_cpu_pct")), _fmt(broker_us, 3), _fmt(total, 3),
+                    _fmt(local.get("age_p50_ms"), 1), _fmt(redis.get("age_p50_ms"), 1)])
+        if n < REDIS_TARGET_N:
+            return
+        ok = None if ratio is None else ratio <= REDIS_RATIO
+        text = (f"broker N={n}: rustorium-redis {_fmt(redis_us, 2)} us/delivery <= "
+                f"{REDIS_RATIO:.2f} x rustorium {_fmt(us, 2)} = "
+                f"{_fmt(REDIS_RATIO * us if us else None, 2)} (ratio {_fmt(ratio, 3)}): "
+                f"{verdict(ok, local, redis)}")
+        for name, r in (("local", local), ("redis", redis)):
+            tick = r.get("tick_interval")
+            pace = r["deliveries_per_s"] * tick / n if tick else None
+            if pace is not None and pace < PACE_SHARE:
+                text += (f" ({name} did not keep pace: {100 * pace:.0f}% of the ticks' "
+                         "deliveries)")
+            if (r.get("age_p50_ms") or 0) > BACKLOG_MS:
+                text += f" ({name} wrote a backlog: updates {_fmt(r['age_p50_ms'])} ms old)"
+        verdicts.append(text)
 
     if "fanout" in scenarios:
         fan_tables("fanout", "fan-out, one market, one update per tick (tick-interval 0)")
     if "batch10" in scenarios:
         fan_tables("batch10", "fan-out batch 10: each client subscribed to 10 markets")
+    if "broker" in scenarios:
+        ticks = {r.get("tick_interval") for r in rows if r["scenario"] == "broker"} - {None}
+        fan_tables("broker", "fan-out through each broker, one market, tick-interval "
+                   + ", ".join(f"{t:g}" for t in sorted(ticks)))
     if "latency" in scenarios:
         med = median_rows(rows, "latency")
         body = []
@@ -644,13 +748,20 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="all scenarios at small N")
     ap.add_argument("--smoke", action="store_true",
-                    help="fan-out N=20 for 2 s against rustorium; exit 0 if deliveries > 0")
+                    help="fan-out N=20 for 2 s against rustorium (and rustorium-redis when "
+                         "redis-server is installed); exit 0 if each delivered anything")
     ap.add_argument("--servers", default=None,
-                    help="comma-separated: rustorium,reference,node-ws (default: all)")
+                    help="comma-separated: " + ",".join(SERVERS) + " (default: all; "
+                         "rustorium-redis only when redis-server is installed)")
     ap.add_argument("--scenarios", default=None,
                     help="comma-separated: " + ",".join(SCENARIOS) + " (default: all)")
     ap.add_argument("--reps", type=int, default=1, help="repetitions (medians are reported)")
     ap.add_argument("--fanout-n", default=None, help="comma-separated N for fanout")
+    ap.add_argument("--broker-n", default=None,
+                    help="comma-separated N for the broker scenario (default 1000)")
+    ap.add_argument("--broker-tick", type=float, default=None,
+                    help="tick interval of the broker scenario in seconds (default 0.02: "
+                         "50 updates/s, which both brokers follow without a backlog)")
     ap.add_argument("--duration", type=float, default=None, help="fan-out window in seconds")
     ap.add_argument("--cmd-depth", type=int, default=1,
                     help="commands in flight per connection in the commands scenario")
@@ -674,11 +785,18 @@ def main(argv: list[str] | None = None) -> int:
         args.retries = 0 if args.smoke or args.quick else 2
     if args.fanout_n:
         prof = replace(prof, fanout_ns=tuple(int(x) for x in args.fanout_n.split(",")))
+    if args.broker_n:
+        prof = replace(prof, broker_ns=tuple(int(x) for x in args.broker_n.split(",")))
+    if args.broker_tick is not None:
+        prof = replace(prof, broker_tick=args.broker_tick)
     if args.duration:
         prof = replace(prof, duration=args.duration)
-    default_servers = "rustorium" if args.smoke else ",".join(SERVERS)
+    default_servers = "rustorium,rustorium-redis" if args.smoke else ",".join(SERVERS)
     names = [s for s in (args.servers or default_servers).split(",") if s]
-    args.scenarios = [s for s in (args.scenarios or ("fanout" if args.smoke else
+    # Servers that may be left out when what they need is missing: the
+    # Redis variant when it was not asked for by name.
+    optional = set() if args.servers else {"rustorium-redis"}
+    args.scenarios = [s for s in (args.scenarios or ("fanout,broker" if args.smoke else
                                                       ",".join(SCENARIOS))).split(",") if s]
     for s in names:
         if s not in SERVERS:
@@ -693,12 +811,18 @@ def main(argv: list[str] | None = None) -> int:
         build_c()
         for s in names:
             kw = {}
-            if s == "rustorium":
+            if s.startswith("rustorium"):
                 kw = {"python": args.python}
                 if args.repo:
                     kw["repo"] = Path(args.repo).resolve()
             srv = SERVERS[s](**kw)
-            srv.prepare()
+            try:
+                srv.prepare()
+            except SetupError as exc:
+                if s not in optional:
+                    raise
+                log(f"leaving out {s}: {exc}")
+                continue
             servers[s] = srv
     except (SetupError, subprocess.CalledProcessError, OSError) as exc:
         log(f"setup failed: {exc}")
@@ -715,9 +839,12 @@ def main(argv: list[str] | None = None) -> int:
     report(bench.rows, args.scenarios)
     print(f"\nraw results: {bench.out_path}")
     if args.smoke:
-        ok = any(r.get("deliveries", 0) > 0 for r in bench.rows if r["scenario"] == "fanout")
-        print("smoke: " + ("OK, deliveries measured" if ok else "FAILED: no deliveries"))
-        return 0 if ok else 1
+        silent = [name for name in servers if not any(
+            r.get("deliveries", 0) > 0 for r in bench.rows
+            if r["scenario"] in ("fanout", "broker") and r["server"] == name)]
+        print("smoke: " + (f"FAILED: no deliveries from {', '.join(silent)}" if silent else
+                           f"OK, deliveries measured from {', '.join(servers)}"))
+        return 1 if silent else 0
     return 0
 
 

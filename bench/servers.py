@@ -8,6 +8,10 @@ read from ``/proc/PID/stat`` and nothing else competes for its core:
 * ``rustorium``: ``twistd -n rustorium ...`` from a Python that can import
   the package (the current interpreter, ``--python``, or ``bench/.venv``,
   which is created and filled with ``pip install REPO`` when needed);
+* ``rustorium-redis``: the same server with ``--broker redis://...``, against
+  a throwaway ``redis-server`` started for it on a free loopback port and
+  pinned to the generator's CPU (standing for another host), so the node's
+  core is the node's alone;
 * ``reference``: ``bench/gen/refserver``, the bare C fan-out server (the
   floor of the machine);
 * ``node-ws``: ``node bench/node/server.js`` with ``ws`` installed by npm
@@ -115,6 +119,76 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM one child we started, then SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+class RedisProcess:
+    """
+    A throwaway ``redis-server`` for one measurement: a free loopback port
+    (never the machine's own Redis on 6379), nothing kept on disk, stopped
+    by its process id with the server that uses it.
+
+    Why one per measurement: every measurement starts a fresh server with a
+    fresh database, and the broker's state in Redis (the message counter,
+    histories, subscriptions, the sources' lease) belongs with it.
+    """
+
+    def __init__(self, workdir: Path, cpu: int) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SetupError("redis-server is not installed (Debian package redis-server)")
+        self.port = free_port()
+        if self.port == 6379:
+            raise SetupError("refusing port 6379: that is the machine's own Redis")
+        self.log_path = workdir / "redis.log"
+        self.proc = subprocess.Popen(
+            [*pin(cpu), binary, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(workdir),
+             "--logfile", str(self.log_path), "--maxmemory-policy", "noeviction"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self._wait(10.0)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _wait(self, timeout: float) -> None:
+        """Until it answers PING; fail if it exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SetupError(f"redis-server exited with {self.proc.returncode}; log:\n"
+                                 f"{tail(self.log_path)}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise SetupError(f"redis-server did not answer on port {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
 @dataclass
 class Running:
     """A started server: its process, where to connect, and what it knows."""
@@ -126,20 +200,23 @@ class Running:
     workdir: Path
     log_path: Path
     info: dict = field(default_factory=dict)
+    # Started for this server and stopped after it (its Redis).
+    companions: list = field(default_factory=list)
+    # A companion whose CPU the generator reads beside the server's (its Redis).
+    aux_pid: int | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s; remove the scratch directory."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        """
+        SIGTERM, then SIGKILL after 10 s; then the companions; remove the
+        scratch directory.
+        """
+        stop_process(self.proc)
+        for companion in self.companions:
+            companion.stop()
         if os.environ.get("BENCH_KEEP_WORKDIR"):
             log(f"kept {self.workdir}")
         else:
@@ -166,12 +243,14 @@ class Server:
         raise NotImplementedError
 
     def _spawn(self, argv: list[str], workdir: Path, port: int, path: str,
-               info: dict | None = None, timeout: float = 60.0) -> Running:
+               info: dict | None = None, timeout: float = 60.0,
+               companions: list | None = None) -> Running:
         log_path = workdir / "server.log"
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(pin(SERVER_CPU) + argv, cwd=workdir, stdout=logf,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        running = Running(self.name, proc, port, path, workdir, log_path, info or {})
+        running = Running(self.name, proc, port, path, workdir, log_path, info or {},
+                          list(companions or []))
         try:
             wait_port(port, proc, timeout, log_path)
         except BaseException:
@@ -369,9 +448,13 @@ class RustoriumServer(Server):
                              f"{out.stderr.strip()[-2000:]}")
         return lines[-1].strip()
 
+    def broker(self, workdir: Path) -> tuple[list[str], list]:
+        """The server's broker arguments and the processes started for them."""
+        return [], []
+
     def start(self, tick_interval: float, config: dict | None = None) -> Running:
         port = free_port()
-        workdir = Path(tempfile.mkdtemp(prefix="bench-rustorium-"))
+        workdir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
         genesis = self.genesis()
         (workdir / "genesis.json").write_text(json.dumps(genesis, indent=1))
         database = f"sqlite:{workdir / 'bench.db'}"
@@ -401,11 +484,24 @@ class RustoriumServer(Server):
         except SetupError:
             # Some schemas only exist once the server has loaded the genesis.
             key, key_after_start = "", True
+        try:
+            broker_args, companions = self.broker(workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         argv = [*self._twistd(), "-n", "--pidfile=", "rustorium",
                 "--listen", f"tcp:{port}:interface=127.0.0.1", "--database", database,
                 "--genesis", str(workdir / "genesis.json"),
-                "--tick-interval", repr(tick_interval), "--config", str(workdir / "bench.toml")]
-        running = self._spawn(argv, workdir, port, "", info)
+                "--tick-interval", repr(tick_interval), "--config", str(workdir / "bench.toml"),
+                *broker_args]
+        try:
+            running = self._spawn(argv, workdir, port, "", info, companions=companions)
+        except BaseException:
+            for companion in companions:
+                companion.stop()
+            raise
+        if companions:
+            running.aux_pid = companions[0].pid
         try:
             if key_after_start:
                 key = self.create_key(database, owner, workdir)
@@ -416,8 +512,42 @@ class RustoriumServer(Server):
         return running
 
 
+class RustoriumRedisServer(RustoriumServer):
+    """
+    The real server with the Redis broker (``--broker redis://...``), on
+    SQLite as ``rustorium`` is (one node may keep SQLite with Redis).
+
+    Why it is measured beside ``rustorium``: the fan-out stays per process
+    (a node listens to a key in Redis once however many of its connections
+    follow it), so the broker should cost per update, not per subscriber,
+    and the CPU per delivery should stay close to the local broker's.
+    Each start gets its own empty ``redis-server`` (see L{RedisProcess}),
+    pinned to the generator's CPU: in a cluster Redis runs on another host,
+    so it must not take the node's core.
+    """
+
+    name = "rustorium-redis"
+
+    def prepare(self) -> None:
+        if shutil.which("redis-server") is None:
+            raise SetupError("redis-server is not installed (Debian package redis-server); "
+                             "it is needed for the rustorium-redis server")
+        super().prepare()
+
+    def versions(self) -> dict[str, str]:
+        out = subprocess.run(["redis-server", "--version"], check=False, capture_output=True,
+                             text=True).stdout.split()
+        version = next((w.split("=", 1)[1] for w in out if w.startswith("v=")), "?")
+        return {**super().versions(), "redis": version}
+
+    def broker(self, workdir: Path) -> tuple[list[str], list]:
+        redis = RedisProcess(workdir, GEN_CPU)
+        return ["--broker", redis.url], [redis]
+
+
 SERVERS = {
     "rustorium": RustoriumServer,
+    "rustorium-redis": RustoriumRedisServer,
     "reference": ReferenceServer,
     "node-ws": NodeWsServer,
 }

@@ -27,7 +27,9 @@
  *
  * With --server-pid, the server's utime+stime (from /proc/PID/stat) is read
  * at the exact start and end of the measurement window, so the harness can
- * divide server CPU by deliveries counted over the same interval.
+ * divide server CPU by deliveries counted over the same interval.  With
+ * --aux-pid, another process's CPU (the Redis the server uses as its broker)
+ * is read at the same instants and reported as aux_cpu_s.
  *
  * Output: one JSON object on stdout; progress messages go to stderr.
  * Every phase is bounded in time (--setup-timeout, --duration, ...).
@@ -89,6 +91,7 @@ static double o_warmup = 1.0, o_duration = 5.0, o_setup_timeout = 60.0;
 static double o_settle = 2.0;
 static int o_conc = 64;
 static int o_server_pid = 0;
+static int o_aux_pid = 0;
 static const char *o_cmd_type = "get_token_info";
 static const char *o_cmd_data = "{}";
 static const char *o_expect = "token_info";
@@ -758,7 +761,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: wsgen --port P [--path /v1?api_key=K] [--mode fanout|idle|cmd|reconnect]\n"
             "  [--conns N] [--symbols A/USD,B/USD] [--latency] [--warmup S] [--duration S]\n"
-            "  [--setup-timeout S] [--settle S] [--conc C] [--server-pid PID]\n"
+            "  [--setup-timeout S] [--settle S] [--conc C] [--server-pid PID] [--aux-pid PID]\n"
             "  [--cmd-type T --cmd-data JSON --expect TYPE --depth D] [--resume-timeout S]\n"
             "  [--ready-signal]  (send SIGUSR2 to --server-pid once all clients are set up)\n");
     exit(2);
@@ -772,7 +775,7 @@ int main(int argc, char **argv) {
         {"setup-timeout", 1, 0, 'T'}, {"settle", 1, 0, 'S'},       {"conc", 1, 0, 'c'},
         {"server-pid", 1, 0, 'i'},   {"cmd-type", 1, 0, 'C'},      {"cmd-data", 1, 0, 'D'},
         {"expect", 1, 0, 'E'},       {"depth", 1, 0, 'x'},         {"resume-timeout", 1, 0, 'R'},
-        {"ready-signal", 0, 0, 'Y'}, {0, 0, 0, 0}};
+        {"ready-signal", 0, 0, 'Y'}, {"aux-pid", 1, 0, 'a'},         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
@@ -795,6 +798,7 @@ int main(int argc, char **argv) {
         case 'S': o_settle = atof(optarg); break;
         case 'c': o_conc = atoi(optarg); break;
         case 'i': o_server_pid = atoi(optarg); break;
+        case 'a': o_aux_pid = atoi(optarg); break;
         case 'C': o_cmd_type = optarg; break;
         case 'D': o_cmd_data = optarg; break;
         case 'E': o_expect = optarg; break;
@@ -868,11 +872,11 @@ int main(int argc, char **argv) {
         unsigned long long b0[2], t0[2], b1[2], t1[2];
         cpu_jiffies(0, &b0[0], &t0[0]);
         cpu_jiffies(1, &b0[1], &t0[1]);
-        double s0 = proc_cpu(o_server_pid), g0 = self_cpu(), w0 = mono();
+        double s0 = proc_cpu(o_server_pid), a0 = proc_cpu(o_aux_pid), g0 = self_cpu(), w0 = mono();
         lat_on = o_latency;
         loop_until(never, w0 + o_duration);
         lat_on = 0;
-        double w1 = mono(), s1 = proc_cpu(o_server_pid), g1 = self_cpu();
+        double w1 = mono(), s1 = proc_cpu(o_server_pid), a1 = proc_cpu(o_aux_pid), g1 = self_cpu();
         cpu_jiffies(0, &b1[0], &t1[0]);
         cpu_jiffies(1, &b1[1], &t1[1]);
         double win = w1 - w0;
@@ -881,10 +885,11 @@ int main(int argc, char **argv) {
         printf(",\"window_s\":%.4f,\"updates\":%llu,\"replies\":%llu,\"window_errors\":%llu,"
                "\"server_cpu_s\":%.4f,\"gen_cpu_s\":%.4f,\"gen_cpu_pct\":%.1f,"
                "\"cpu0_busy_pct\":%.1f,\"cpu1_busy_pct\":%.1f,\"conns_open_end\":%d,"
-               "\"closed_by_peer\":%d,\"cmd_unavailable\":%d",
+               "\"closed_by_peer\":%d,\"cmd_unavailable\":%d,\"aux_cpu_s\":%.4f",
                win, (unsigned long long)(g_updates - u0), (unsigned long long)(g_replies - r0),
                (unsigned long long)(g_errors - e0), s0 >= 0 ? s1 - s0 : -1.0, g1 - g0,
-               100.0 * (g1 - g0) / win, busy0, busy1, g_open, g_closed_by_peer, g_cmd_unavailable);
+               100.0 * (g1 - g0) / win, busy0, busy1, g_open, g_closed_by_peer, g_cmd_unavailable,
+               a0 >= 0 && a1 >= 0 ? a1 - a0 : -1.0);
         if (o_latency)
             printf(",\"latency\":{\"count\":%llu,\"p50_us\":%lld,\"p90_us\":%lld,\"p99_us\":%lld,"
                    "\"p999_us\":%lld,\"max_us\":%lld,\"negative\":%llu}",
