@@ -103,6 +103,7 @@ class Server:
         refused with 503 while it is not.
     @ivar key_buckets: each API key's message budget, shared by all its
         connections and kept across reconnects.
+    @ivar http_buckets: each API key's budget of HTTP API requests.
     """
 
     def __init__(self, app: "Application", keys: KeyStore) -> None:
@@ -120,3 +121,5 @@ class Server:
         self.connections_per_key: Counter[int] = Counter()
         self.key_buckets = KeyBuckets(settings.key_rate_limit, settings.key_rate_burst,
                                       clock.seconds)
+        self.http_buckets = KeyBuckets(settings.http_rate_limit, settings.http_rate_burst,
+                                       clock.seconds)

@@ -46,6 +46,7 @@ from .config import Settings
 from .fanout import Fanout
 from .genesis import PRICE_DECIMALS
 from .heartbeat import HeartbeatService
+from .httpapi import HttpApi
 from .hub import MessageIds, channel_key
 from .leadership import SingletonService
 from .ledger import DatabaseLedgerStore, Ledger
@@ -53,6 +54,7 @@ from .market import MarketService
 from .metrics import HealthPage, MetricsPage, make_registry
 from .nodes import NodeAnnouncer
 from .output import listening_reactor
+from .prices import ExternalMarketService
 from .requests import MARKET_DATA
 from .server import Server
 from .shared_ledger import SharedLedger
@@ -339,8 +341,11 @@ class RustoriumService(MultiService):
             settings, reactor, engine, database, catalog, prepared,
             lambda rows: app.announce_transactions(rows),
         )
-        self.app = app = Application(settings, reactor, node, catalog, ledger, broker, Fanout())
-        self.server = server = Server(app, KeyStore(database))
+        self.app = app = Application(
+            settings, reactor, node, catalog, ledger, broker, Fanout(), KeyStore(database),
+            (engine.module.OperationalError, engine.module.InterfaceError),
+        )
+        self.server = server = Server(app, app.keys)
         app.on_lost = self._broker_lost
         app.describe_node = self._describe_node
         broker.on_restored = self._broker_restored
@@ -348,12 +353,20 @@ class RustoriumService(MultiService):
 
         sources = MultiService()
         _LoadVolume(ledger).setServiceParent(sources)
-        MarketService(
-            catalog, app.publish, reactor, settings.tick_interval, settings.market_seed,
-            ledger.volume_24h, lambda: last_prices(broker, catalog),
-        ).setServiceParent(sources)
+        if settings.market_source == "external":
+            market = ExternalMarketService(
+                catalog, app.publish, reactor, settings.tick_interval, ledger.volume_24h,
+                broker.latest_prices,
+            )
+            app.on_prices = market.prices_received
+            market.setServiceParent(sources)
+        else:
+            MarketService(
+                catalog, app.publish, reactor, settings.tick_interval, settings.market_seed,
+                ledger.volume_24h, lambda: last_prices(broker, catalog),
+            ).setServiceParent(sources)
         ChainService(ledger, settings.block_interval, reactor).setServiceParent(sources)
-        sources = SingletonService(
+        self._sources = sources = SingletonService(
             "sources", node, broker, sources, sources_lease(settings), reactor
         )
         sources.setServiceParent(self)
@@ -372,6 +385,8 @@ class RustoriumService(MultiService):
             settings.handshake_timeout,
             HealthPage(server, lambda: database.run(_ping_database)),
             MetricsPage(self.metrics),
+            HttpApi(server),
+            settings.http_max_body,
         )
         # The listeners are not children: they start after everything else
         # and stop before anything else (see stopService).
@@ -410,6 +425,9 @@ class RustoriumService(MultiService):
             "version": self.app.version,
             "started": isoformat(self._started_at),
             "connections": len(self.server.sessions),
+            "uptime": round(self._reactor.seconds() - self._started_at, 3),
+            "subscriptions": self.app.subscription_counts(),
+            "runs_market": self._sources.leading,
         }
 
     def _broker_ready(self, ready: bool) -> None:

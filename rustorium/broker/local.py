@@ -22,6 +22,7 @@ import attrs
 import orjson
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..hub import MessageIds, Update
@@ -57,6 +58,8 @@ class LocalBroker:
     See the module docstring.
     """
 
+    log = Logger()
+
     def __init__(
         self,
         clock: Any,
@@ -81,6 +84,8 @@ class LocalBroker:
         self.on_control: Callable[[dict], None] = lambda message: None
         self.on_lost: Callable[[str], None] = lambda reason: None
         self.on_restored: Callable[[], None] = lambda: None
+        self.on_prices: Callable[[list], None] = lambda ticks: None
+        self._prices: dict[str, Any] = {}
         self._histories: dict[str, KeyHistory] = {}
         self._listened: dict[str, int] = {}
         self._latest: dict[str, tuple[dict, float]] = {}
@@ -287,7 +292,7 @@ class LocalBroker:
         """
         return len(self._detached.get(owner, ()))
 
-    # Nodes, control messages, leases: one node, nobody to share with.
+    # Nodes, control messages, prices, leases: one node, nobody to share with.
 
     def announce(self, info: dict, ttl: float) -> Deferred:
         self._announced = (info, self._clock.seconds() + ttl)
@@ -306,6 +311,28 @@ class LocalBroker:
         except Exception:
             return fail()
         return succeed(1)
+
+    def record_prices(self, ticks: list) -> Deferred:
+        prices = self._prices
+        flags = []
+        for tick in ticks:
+            last = prices.get(tick.symbol)
+            accepted = last is None or tick.seq > last.seq
+            if accepted:
+                prices[tick.symbol] = tick
+            flags.append(accepted)
+        accepted_ticks = [tick for tick, accepted in zip(ticks, flags, strict=True) if accepted]
+        if accepted_ticks:
+            try:
+                self.on_prices(accepted_ticks)
+            except Exception:
+                # Accepted all the same: the market reads them back.
+                self.log.failure("Handing on {count} accepted prices failed",
+                                 count=len(accepted_ticks))
+        return succeed(flags)
+
+    def latest_prices(self) -> Deferred:
+        return succeed(dict(self._prices))
 
     def acquire_lease(self, name: str, holder: str, ttl: float) -> Deferred:
         return succeed(True)
