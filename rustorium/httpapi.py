@@ -364,6 +364,8 @@ class HttpApi(Resource):
         body = self._body(request)
         _fields(body, ("code", "reason"), "a close")
         code = body.get("code")
+        if isinstance(code, float) and code.is_integer():
+            code = int(code)  # 4000.0 is the integer 4000 to JSON Schema
         if isinstance(code, bool) or not isinstance(code, int) or not 4000 <= code <= 4999:
             raise _invalid("code", "must be a close code from 4000 to 4999 (4000-4099: do not "
                                    "reconnect, 4100-4199: reconnect with backoff, 4200-4299: "
@@ -386,7 +388,9 @@ class HttpApi(Resource):
         else:
             normal = normalise_address(name)
             if normal is None:
-                raise _invalid("name", "must be 0x followed by 40 hex digits")
+                raise RequestError(ErrorCode.NOT_FOUND,
+                                   f"no key {name[:40]!r} in {channel}: its names are 0x "
+                                   "followed by 40 hex digits")
             name = normal
             if channel == TOKEN_UPDATES and name not in catalog.tokens:
                 raise RequestError(ErrorCode.NOT_FOUND, f"no token {name}")

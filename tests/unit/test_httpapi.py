@@ -427,7 +427,7 @@ class TestHistory:
         ("/history/prices/MTK/USD", 404, "not_found"),
         ("/history/market_data/NOPE/USD", 404, "not_found"),
         ("/history/token_updates/0x" + "9" * 40, 404, "not_found"),
-        ("/history/transaction_updates/alice", 400, "invalid_params"),
+        ("/history/transaction_updates/alice", 404, "not_found"),
         ("/history/transaction_updates/" + ALICE + "?since=7", 400, "invalid_params"),
         ("/history/transaction_updates/" + ALICE + "?limit=1001", 400, "invalid_params"),
     ])
