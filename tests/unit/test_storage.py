@@ -475,6 +475,30 @@ class TestLedgerRows:
             "confirmed", 1, confirmed_at)
         assert run_blocking(engine, find_transaction, "0x" + "9" * 64) is None
 
+    def test_an_addresss_transactions_newest_first(self, engine):
+        """
+        An address's transactions, sent or received, newest first, at most
+        the limit; others' are not among them.
+        """
+        from rustorium.storage.ledger import (
+            TransactionRow,
+            insert_transactions,
+            transactions_of,
+        )
+
+        prepared = prepare_database(engine, None)
+        run_blocking(engine, create_demo_key)
+        token = prepared.tokens[0].token_id
+        a, b, c = "0x" + "a" * 40, "0x" + "b" * 40, "0x" + "c" * 40
+        pairs = [(a, b), (b, a), (c, b), (a, a), (c, c)]
+        rows = [TransactionRow(n + 1, f"0x{n + 1:064x}", sender, recipient, token, 1,
+                               "pending", 1, None, 1.0)
+                for n, (sender, recipient) in enumerate(pairs)]
+        run_blocking(engine, insert_transactions, rows)
+        assert [r.seq for r in run_blocking(engine, transactions_of, a, 10)] == [4, 2, 1]
+        assert [r.seq for r in run_blocking(engine, transactions_of, b, 2)] == [3, 2]
+        assert run_blocking(engine, transactions_of, "0x" + "d" * 40, 10) == []
+
     def test_revoked_keys_rows_left_out(self, engine):
         """
         Rows of a revoked key are not stored, in the same transaction as
