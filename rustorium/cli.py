@@ -8,6 +8,7 @@ command-line client of the API.
     rustorium keys revoke [--database URL] KEY_ID
     rustorium listen [--url URL] [--api-key KEY] CHANNEL [PARAM...]
     rustorium call [--url URL] [--api-key KEY] [--timeout S] TYPE [JSON-DATA]
+    rustorium feed prices [--url URL] [--api-key KEY] [--speed X] [--restamp] FILE.csv
     rustorium --version
 
 ``keys create`` prints the new key alone on the last line of standard
@@ -22,7 +23,8 @@ makes one, for keys made before the server's first start.
 
 ``listen`` and ``call`` (in L{rustorium.client.commandline}) take the key
 from ``--api-key`` or ``RUSTORIUM_API_KEY`` and print JSON on standard
-output: one update a line, or the reply.
+output: one update a line, or the reply. ``feed prices`` (in
+L{rustorium.pricefeed}) replays a CSV of prices into the HTTP API.
 """
 
 import argparse
@@ -31,7 +33,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, pricefeed
 from .apikeys import generate_key, hash_key
 from .client import commandline
 from .identifiers import normalise_address
@@ -77,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     revoke = with_database(actions.add_parser("revoke", help="revoke a key by its id"))
     revoke.add_argument("key_id", type=int, help="the id shown by 'rustorium keys list'")
     commandline.add_commands(commands)
+    pricefeed.add_command(commands)
     return parser
 
 
@@ -136,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("listen", "call"):
         commandline.check_arguments(args)
         return commandline.run(args)
+    if args.command == "feed":
+        return pricefeed.run(args)
     try:
         return _keys(args)
     except MissingDatabase as e:

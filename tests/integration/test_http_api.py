@@ -345,3 +345,28 @@ def test_a_posted_price_reaches_another_node_and_operators_steer_any_node(cluste
     _, info, _ = on_a.call("GET", "/info")
     assert {n["name"] for n in info["nodes"]} == {"node-a", "node-b"}
     assert sum(n.get("runs_market", False) for n in info["nodes"]) == 1
+
+
+def test_the_feed_tool_replays_a_csv_into_subscribers(node, tmp_path):
+    """
+    ``rustorium feed prices`` sends a CSV's prices through the API to a
+    market_data subscriber, in order; replaying the same file again is
+    all stale and moves nothing.
+    """
+    path = tmp_path / "prices.csv"
+    path.write_text("timestamp,symbol,price\n"
+                    + "".join(f"2026-11-26T10:00:{s:02d}Z,MTK/USD,1.{s:02d}\n" for s in range(20)))
+    command = [str(BIN / "rustorium"), "feed", "prices", str(path),
+               "--url", f"http://127.0.0.1:{node.port}", "--batch", "7"]
+    env = {**environment(), "RUSTORIUM_API_KEY": node.publish}
+    with Client(node.url, node.demo_key()) as client:
+        client.request("subscribe", {"channel": "market_data", "symbols": ["MTK/USD"]})
+        first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0, first.stderr
+        assert "Sent 20 prices: 20 accepted, 0 stale." in first.stderr
+        prices = [u["price"] for u in price_updates(client, 20)]
+        assert prices == [f"1.{s:02d}".rstrip("0").rstrip(".") for s in range(20)]
+        again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert "Sent 20 prices: 0 accepted, 20 stale." in again.stderr
+        with pytest.raises(TimeoutError):
+            client.until(lambda m: m["type"] == "update", timeout=1.0)
