@@ -8,9 +8,11 @@ L{makeService} is the public entry point for embedding::
     rustorium.setServiceParent(application)
 
 and L{RustoriumService.websocket_resource} mounts the API in an existing
-C{twisted.web} site instead of (or beside) its own listening ports::
+C{twisted.web} site instead of (or beside) its own listening ports, and
+L{RustoriumService.http_api_resource} the HTTP API::
 
     root.putChild(b"v1", rustorium.websocket_resource())
+    root.putChild(b"rustorium-api", rustorium.http_api_resource())
 """
 
 import errno
@@ -26,6 +28,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 
 from . import tls
 from .amounts import parse_units
@@ -458,6 +461,16 @@ class RustoriumService(MultiService):
         factory = RustoriumServerFactory(self.server, path=None, reactor=self._reactor)
         self._factories.append(factory)
         return WebSocketEndpoint(factory)
+
+    def http_api_resource(self) -> Resource:
+        """
+        The HTTP API (C{docs/http-api.rst}) as a resource to mount in
+        another C{twisted.web} site, at any path. Bodies past
+        C{http-max-body} get 413 there too, but are buffered first unless
+        the site's C{requestFactory} is L{rustorium.web.LimitedRequest}
+        (with the site's C{max_body} set).
+        """
+        return HttpApi(self.server)
 
     def privilegedStartService(self) -> None:
         """
