@@ -121,8 +121,9 @@ def _keys(args: argparse.Namespace) -> int:
         for k in keys:
             state = f"revoked {k.revoked_at}" if k.revoked else "active"
             addresses = ", ".join(sorted(k.addresses)) or "-"
-            print(f"{k.key_id}\t{k.name}\t{format_scopes(k.scopes)}\t{state}"
-                  f"\tcreated {k.created_at}\t{addresses}")
+            # Scopes last: scripts that read the earlier columns still can.
+            print(f"{k.key_id}\t{k.name}\t{state}\tcreated {k.created_at}\t{addresses}"
+                  f"\t{format_scopes(k.scopes)}")
     else:
         if not run_blocking(engine, revoke_key, args.key_id, isoformat(time.time())):
             print(f"rustorium: no active key {args.key_id}", file=sys.stderr)

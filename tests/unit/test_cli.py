@@ -46,7 +46,7 @@ def test_scopes(database_url, capsys):
     assert run_blocking(engine, find_key, hash_key(console)).scopes == {"client", "admin"}
     main(["keys", "list", "--database", url])
     listing = capsys.readouterr().out.splitlines()
-    assert [line.split("\t")[2] for line in listing] == ["client", "publish", "client admin"]
+    assert [line.split("\t")[-1] for line in listing] == ["client", "publish", "client admin"]
 
 
 def test_unknown_scope(tmp_path, capsys):
