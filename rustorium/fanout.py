@@ -91,7 +91,7 @@ class Fanout:
         touched: list[ISink] = []
         for update in heard:
             if update.also:
-                self._fan_out_once(update)
+                self._fan_out_once(update, touched)
                 continue
             key = update.key
             sinks = self._sinks.get(key)
@@ -132,11 +132,14 @@ class Fanout:
         if self.on_fan_out is not None:
             self.on_fan_out(perf_counter() - started)
 
-    def _fan_out_once(self, update: Update) -> None:
+    def _fan_out_once(self, update: Update, batch: list[ISink] | None = None) -> None:
         """
         Deliver an update of several keys (a transfer's event on both its
         addresses) to every subscriber of any of them, once each. Only
         such events come here, so single-key fan-out pays nothing for it.
+
+        @param batch: within a batch, queue it behind what each sink holds
+            of the batch already (in order), adding the sinks to flush.
         """
         started = perf_counter()
         seen: set[Hashable] = set()
@@ -151,10 +154,13 @@ class Fanout:
                     continue
                 seen.add(subscriber)
                 try:
-                    sink.deliver(update)
+                    if batch is None:
+                        sink.deliver(update)
+                    elif sink.enqueue(update):
+                        batch.append(sink)
                 except Exception:
                     self.log.failure("Delivering {key} failed", key=key)
                 delivered += 1
         self.deliveries[update.key.partition(":")[0]] += delivered
-        if self.on_fan_out is not None:
+        if batch is None and self.on_fan_out is not None:
             self.on_fan_out(perf_counter() - started)

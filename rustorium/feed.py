@@ -28,21 +28,27 @@ import heapq
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredLock, FirstError, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .broker.interface import BrokerUnavailable, Claim, ReplayResult, SubscriptionRecord
+from .broker.interface import (
+    BrokerUnavailable,
+    Claim,
+    IBroker,
+    ReplayResult,
+    SubscriptionRecord,
+)
+from .catalog import Catalog
+from .config import Settings
 from .errors import ErrorCode, RequestError
+from .fanout import Fanout
 from .hub import CallableSink, ISink, Update
 from .requests import Subscribe
 from .storage.keys import ApiKey
 from .subscriptions import Subscription, new_subscription_id, resolve_keys
-
-if TYPE_CHECKING:
-    from .application import Application
 
 REPLAY_CHUNK = 256
 """Replayed updates sent per reactor turn, so that a reconnect storm of
@@ -82,6 +88,28 @@ def unavailable(failure: Failure) -> Failure:
     return failure
 
 
+class Streams(Protocol):
+    """
+    What a feed needs of the node it runs in (the application layer).
+
+    @ivar attached: the feed each subscription attached here belongs to.
+    """
+
+    settings: Settings
+    clock: Any
+    node: str
+    catalog: Catalog
+    broker: IBroker
+    fanout: Fanout
+    attached: dict[str, "Feed"]
+
+    def take_over(self, subscription_id: str, attached_to: str | None) -> None:
+        """
+        A subscription was claimed from the node C{attached_to}: tell it
+        to stop delivering it there.
+        """
+
+
 class Feed:
     """
     One client's subscriptions and their updates, delivered to C{sink}.
@@ -96,7 +124,7 @@ class Feed:
 
     log = Logger()
 
-    def __init__(self, app: "Application", api_key: ApiKey, sink: ISink) -> None:
+    def __init__(self, app: Streams, api_key: ApiKey, sink: ISink) -> None:
         self._app = app
         self.api_key = api_key
         self._sink = sink
@@ -179,6 +207,8 @@ class Feed:
     # Subscribe and unsubscribe
 
     def _subscribe(self, request: Subscribe, confirm: Callable[[Subscription], None]) -> Any:
+        if self._closed:
+            return None
         app = self._app
         existing = self._by_topics.get((request.channel, request.topics))
         if existing is not None:
@@ -252,7 +282,9 @@ class Feed:
 
     def _resume(
         self, subscription_ids: list[str], last: int | None, confirm: Callable[[dict], None]
-    ) -> Deferred:
+    ) -> Deferred | None:
+        if self._closed:
+            return None
         wanted = list(dict.fromkeys(subscription_ids))
         claims: dict[str, Claim] = {}
         d = self._claim(wanted, claims)

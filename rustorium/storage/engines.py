@@ -11,12 +11,16 @@ write the genesis.
 import os
 import re
 import sqlite3
+import time
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from zope.interface import Attribute, Interface, implementer
+
+WAL_ATTEMPTS = 100
+"""Tries at switching a new SQLite database to WAL mode, 50 ms apart."""
 
 
 class DatabaseURLError(ValueError):
@@ -138,13 +142,30 @@ class SqliteEngine:
         """
         connection.execute("PRAGMA foreign_keys = ON")
         connection.execute("PRAGMA busy_timeout = 30000")
-        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = self._enter_wal(connection)
         if mode.lower() != "wal":
             raise DatabaseURLError(f"{self.path}: cannot switch to WAL mode (got {mode})")
         connection.execute("PRAGMA synchronous = FULL")
         # A 64 MiB page cache: the transactions table grows all day, and its
         # index pages are touched by every commit and every block.
         connection.execute("PRAGMA cache_size = -65536")
+
+    @staticmethod
+    def _enter_wal(connection: sqlite3.Connection) -> str:
+        """
+        Switch to WAL mode. Switching a new database needs it to oneself, and
+        SQLite answers "database is locked" at once, without its busy
+        timeout, while another process switches it or creates the schema:
+        try again for a few seconds.
+        """
+        for attempt in range(WAL_ATTEMPTS):
+            try:
+                return connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == WAL_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
 
     def sql(self, statement: str) -> str:
         """

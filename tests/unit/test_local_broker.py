@@ -230,3 +230,22 @@ def test_fan_out_delivers_a_batch_in_one_write_per_subscriber(broker):
     fanout.unsubscribe("market_data:A", two)
     assert fanout.subscriber_count("market_data:A") == 1
     assert fanout.deliveries["market_data"] == 5
+
+
+def test_an_event_of_several_keys_in_a_batch_keeps_its_place(broker):
+    """
+    In a batch (everything one read from the broker brought), an event of
+    several keys is queued behind what came before it for each subscriber,
+    not written ahead of it.
+    """
+    fanout = Fanout()
+    broker.on_updates = fanout.deliver
+    sink = Sink()
+    for key in ("market_data:A", "transaction_updates:x", "transaction_updates:y"):
+        fanout.subscribe(key, sink, sink)
+        broker.listen(key)
+    event = Publication("transaction_updates", "transaction_updates:x", {"v": 1},
+                        retain=False, also=("transaction_updates:y",))
+    broker.publish([price(value="1"), event, price(value="2")])
+    assert sink.delivered == []
+    assert sink.queued == [1, 2, 3] and sink.flushes == 1

@@ -423,3 +423,22 @@ class TestSubscriptionLimit:
         data = connection.take()[0]["data"]
         assert [e["subscription_id"] for e in data["subscriptions"]] == [subscription_id]
         assert data["recovered"] is True
+
+
+def test_requests_queued_behind_a_change_do_nothing_once_closed(clock):
+    """
+    A subscribe waiting for an earlier change of the same feed, when the
+    connection closes meanwhile, follows nothing and leaves nothing behind.
+    """
+    server = make_server(clock)
+    session, connection = open_session(server)
+    feed = session.feed
+    blocker = feed._changing
+    blocker.acquire()
+    send(session, {"id": "s", "type": "subscribe",
+                   "data": {"channel": "market_data", "symbols": ["MTK/USD"]}})
+    session.connection_lost()
+    blocker.release()
+    assert connection.take() == []
+    assert server.app.fanout.subscriber_count(MTK_KEY) == 0
+    assert server.app.broker.subscription_count == 0
