@@ -3,7 +3,8 @@ Prices from outside: what a feed posts to C{POST /api/v1/prices}, how the
 cluster orders it, and the service that turns it into updates.
 
 Each market's prices carry a sequence number that the feed increases; the
-broker keeps the last one accepted per market (L{IBroker.record_prices}),
+broker keeps the last one accepted per market (L{IBroker.record_prices};
+Redis for a cluster, the database for a single node: L{DatabasePrices}),
 so that whichever node a batch is posted to, a retried or reordered batch
 never moves a price backwards: an entry whose number is not above the last
 is stale, counted and dropped, in one atomic step for the whole cluster.
@@ -41,6 +42,7 @@ from .errors import ErrorCode, RequestError
 from .genesis import PRICE_DECIMALS
 from .market import Quote, percent_change, quote_publications
 from .rolling import RollingWindow
+from .storage.meta import load_prices, save_prices
 
 MAX_PRICES = 1000
 """The most prices one request may post."""
@@ -85,6 +87,34 @@ class PriceTick:
         """
         return cls(str(data["symbol"]), int(data["price"]), int(data["seq"]),
                    float(data["at"]), int(data["volume"]))
+
+
+class DatabasePrices:
+    """
+    Where a single node's in-process broker keeps the last posted price of
+    each market, so that a restart neither forgets the prices nor accepts
+    an old sequence number again (a cluster's Redis keeps them itself).
+    """
+
+    def __init__(self, database: Any) -> None:
+        self._database = database
+
+    def load(self) -> Any:
+        """
+        Fires with the last tick of each market, by symbol.
+        """
+        def decoded(stored: dict[str, str]) -> dict[str, PriceTick]:
+            return {symbol: PriceTick.from_json(orjson.loads(tick))
+                    for symbol, tick in stored.items()}
+
+        return self._database.run(load_prices).addCallback(decoded)
+
+    def save(self, ticks: list[PriceTick]) -> Any:
+        """
+        Keep these ticks (the last of each market wins).
+        """
+        latest = {tick.symbol: tick.to_json().decode() for tick in ticks}
+        return self._database.run(save_prices, latest)
 
 
 def _invalid(field: str, message: str) -> RequestError:

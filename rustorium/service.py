@@ -57,7 +57,7 @@ from .market import MarketService
 from .metrics import HealthPage, MetricsPage, make_registry
 from .nodes import NodeAnnouncer
 from .output import listening_reactor
-from .prices import ExternalMarketService
+from .prices import DatabasePrices, ExternalMarketService
 from .requests import MARKET_DATA
 from .server import Server
 from .shared_ledger import SharedLedger
@@ -205,6 +205,7 @@ def make_broker(
             history_size=settings.history_size, history_age=settings.history_age,
             resume_window=settings.resume_window,
             max_detached_per_key=settings.max_detached_per_key,
+            prices=DatabasePrices(database),
         )
     # Imported only here: txredisapi installs the default reactor when
     # imported, which must not happen before twistd installs its own.

@@ -70,7 +70,14 @@ class LocalBroker:
         history_age: float = 300.0,
         resume_window: float = 300.0,
         max_detached_per_key: int = 1000,
+        prices: Any = None,
     ) -> None:
+        """
+        @param prices: where the last posted price of each market is kept
+            across restarts (L{rustorium.prices.DatabasePrices}); in memory
+            only if C{None}.
+        """
+        self._price_store = prices
         self._clock = clock
         self._ids = ids
         self._node = node
@@ -104,7 +111,13 @@ class LocalBroker:
 
     def start(self) -> Deferred:
         self._sweep.start(EXPIRY_INTERVAL, now=False)
-        return succeed(None)
+        if self._price_store is None:
+            return succeed(None)
+
+        def loaded(prices: dict) -> None:
+            self._prices = {**prices, **self._prices}
+
+        return self._price_store.load().addCallback(loaded)
 
     def stop(self) -> Deferred:
         if self._sweep.running:
@@ -322,14 +335,23 @@ class LocalBroker:
                 prices[tick.symbol] = tick
             flags.append(accepted)
         accepted_ticks = [tick for tick, accepted in zip(ticks, flags, strict=True) if accepted]
-        if accepted_ticks:
+        if not accepted_ticks:
+            return succeed(flags)
+
+        def hand_on(_: object) -> list[bool]:
             try:
                 self.on_prices(accepted_ticks)
             except Exception:
                 # Accepted all the same: the market reads them back.
                 self.log.failure("Handing on {count} accepted prices failed",
                                  count=len(accepted_ticks))
-        return succeed(flags)
+            return flags
+
+        # Accepted in memory at once (that orders them against every later
+        # call), kept, then published.
+        kept = succeed(None) if self._price_store is None else self._price_store.save(
+            accepted_ticks)
+        return kept.addCallback(hand_on)
 
     def latest_prices(self) -> Deferred:
         return succeed(dict(self._prices))

@@ -117,6 +117,23 @@ class TestSingleNode:
             (snapshot,) = price_updates(late, 1)
             assert snapshot["price"] == "3"
 
+    def test_a_restart_keeps_the_prices_and_their_order(self, node, start_server):
+        """
+        A single node keeps the last posted price of each market in its
+        database: after a restart a new subscriber gets it at once, and an
+        older seq is still stale.
+        """
+        http = Http(node.port, node.publish)
+        assert post_prices(http, ("RST/USD", "7.5", 40)) == {"accepted": 1, "stale": 0}
+        node.stop()
+        again = start_server(*EXTERNAL, port=node.port)
+        http = Http(again.port, node.publish)
+        with Client(again.url, node.demo_key()) as client:
+            client.request("subscribe", {"channel": "market_data", "symbols": ["RST/USD"]})
+            (snapshot,) = price_updates(client, 1)
+            assert snapshot["price"] == "7.5"
+            assert post_prices(http, ("RST/USD", "1", 39)) == {"accepted": 0, "stale": 1}
+
     def test_keys_and_scopes(self, node):
         """
         No key: 401; a client key: 403 on every operation; a publish key

@@ -6,7 +6,7 @@ and the service that publishes them on the node running the market.
 
 import orjson
 import pytest
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 
 from rustorium.broker.local import LocalBroker
 from rustorium.errors import ErrorCode, RequestError
@@ -128,6 +128,76 @@ class TestLocalBroker:
         assert broker.latest_prices().result == {"MTK/USD": tick}
         assert len(logged_errors) == 1
         logged_errors.clear()
+
+
+class HeldStore:
+    """
+    A price store whose writes wait for the test.
+    """
+
+    def __init__(self, stored=None):
+        self.stored = dict(stored or {})
+        self.held = []
+
+    def load(self):
+        return succeed(dict(self.stored))
+
+    def save(self, ticks):
+        d = Deferred()
+        self.held.append((d, ticks))
+        return d
+
+    def release(self):
+        held, self.held = self.held, []
+        for d, ticks in held:
+            self.stored.update({t.symbol: t for t in ticks})
+            d.callback(None)
+
+
+class TestKeptPrices:
+    def test_kept_before_published_and_read_at_start(self, clock):
+        """
+        With a store, accepted prices are ordered at once, kept, and only
+        then handed on and answered; a broker starting again reads them
+        back, so an old sequence number stays stale after a restart.
+        """
+        store = HeldStore()
+        broker = LocalBroker(clock, MessageIds(1, 10**9, 10**6), "node", prices=store)
+        broker.start()
+        heard = []
+        broker.on_prices = heard.append
+        first = broker.record_prices([PriceTick("MTK/USD", 100, 5, 1.0)])
+        second = broker.record_prices([PriceTick("MTK/USD", 90, 5, 1.0)])
+        assert second.result == [False]
+        assert not first.called and heard == []
+        store.release()
+        assert first.result == [True]
+        assert heard == [[PriceTick("MTK/USD", 100, 5, 1.0)]]
+        broker.stop()
+        again = LocalBroker(clock, MessageIds(1, 10**9, 10**6), "node", prices=store)
+        again.start()
+        assert again.latest_prices().result == {"MTK/USD": PriceTick("MTK/USD", 100, 5, 1.0)}
+        assert again.record_prices([PriceTick("MTK/USD", 1, 4, 2.0)]).result == [False]
+        again.stop()
+
+    def test_in_the_database(self, database_url):
+        """
+        The database keeps the last tick of each market, on either engine.
+        """
+        from rustorium.bootstrap import prepare_database
+        from rustorium.storage import engine_from_url, run_blocking
+        from rustorium.storage.meta import load_prices, save_prices
+
+        engine = engine_from_url(database_url)
+        prepare_database(engine, None)
+        assert run_blocking(engine, load_prices) == {}
+        ticks = [PriceTick("MTK/USD", 100, 5, 1.5, 3), PriceTick("RST/USD", 7, 1, 2.0)]
+        run_blocking(engine, save_prices, {t.symbol: t.to_json().decode() for t in ticks})
+        later = PriceTick("MTK/USD", 110, 6, 2.5)
+        run_blocking(engine, save_prices, {later.symbol: later.to_json().decode()})
+        stored = run_blocking(engine, load_prices)
+        assert {s: PriceTick.from_json(orjson.loads(t)) for s, t in stored.items()} == {
+            "MTK/USD": later, "RST/USD": ticks[1]}
 
 
 class TestExternalMarkets:
