@@ -20,6 +20,7 @@ from websockets.exceptions import InvalidStatus
 from tests.integration.client import Client
 from tests.integration.conftest import BIN, environment
 from tests.integration.test_cluster import Cluster, ready
+from tests.integration.test_postgresql import own_postgres  # noqa: F401
 from tests.openapi import validate
 from tests.redis_server import redis_server  # noqa: F401
 from tests.services import postgres_url  # noqa: F401
@@ -387,3 +388,24 @@ def test_the_feed_tool_replays_a_csv_into_subscribers(node, tmp_path):
         assert "Sent 20 prices: 0 accepted, 20 stale." in again.stderr
         with pytest.raises(TimeoutError):
             client.until(lambda m: m["type"] == "update", timeout=1.0)
+
+
+def test_503_while_the_database_is_down(start_server, own_postgres):  # noqa: F811
+    """
+    While PostgreSQL is down the API answers 503 (keys cannot be checked),
+    at once and in the documented shape; once it is back, it serves again.
+    """
+    url = own_postgres.fresh_database()
+    server = start_server(*EXTERNAL, database=url)
+    admin = create_key(url, "--name", "ops", "--scope", "admin")
+    http = Http(server.port, admin)
+    assert http.call("GET", "/keys")[0] == 200
+    own_postgres.kill()
+    status, answer, _ = http.call("GET", "/keys")
+    assert (status, answer["error"]["code"]) == (503, "unavailable")
+    own_postgres.restart()
+    deadline = time.monotonic() + 20
+    while http.call("GET", "/keys")[0] != 200:
+        assert time.monotonic() < deadline, "still unavailable after the database came back"
+        time.sleep(0.2)
+    assert server.process.poll() is None
