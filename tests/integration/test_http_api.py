@@ -8,6 +8,7 @@ every answer matches docs/openapi.yaml, and schemathesis finds nothing.
 """
 
 import os
+import signal
 import subprocess
 import time
 from urllib.error import HTTPError
@@ -409,3 +410,39 @@ def test_503_while_the_database_is_down(start_server, own_postgres):  # noqa: F8
         assert time.monotonic() < deadline, "still unavailable after the database came back"
         time.sleep(0.2)
     assert server.process.poll() is None
+
+
+def test_prices_go_on_when_the_node_running_the_market_dies(cluster):
+    """
+    The node that publishes posted prices is SIGKILLed; the other takes the
+    market over, publishes the latest accepted price at once, and then
+    every price posted to it.
+    """
+    a = cluster.start("node-a", *EXTERNAL)
+    b = cluster.start("node-b", *EXTERNAL)
+    admin = create_key(cluster.database, "--name", "ops", "--scope", "admin")
+    publish = create_key(cluster.database, "--name", "feed", "--scope", "publish")
+    viewer = create_key(cluster.database, "--name", "viewer")
+    deadline = time.monotonic() + 20
+    while True:
+        _, info, _ = Http(a.port, admin).call("GET", "/info")
+        leaders = [n["name"] for n in info["nodes"] if n.get("runs_market")]
+        if len(info["nodes"]) == 2 and leaders:
+            break
+        assert time.monotonic() < deadline, info
+        time.sleep(0.2)
+    nodes = {"node-a": a, "node-b": b}
+    leader = nodes.pop(leaders[0])
+    (survivor,) = nodes.values()
+    assert post_prices(Http(survivor.port, publish), ("MTK/USD", "5", 1))["accepted"] == 1
+    leader.stop(signal.SIGKILL)
+    assert post_prices(Http(survivor.port, publish), ("MTK/USD", "6", 2))["accepted"] == 1
+    with Client(survivor.url, viewer) as client:
+        ready(client)
+        client.request("subscribe", {"channel": "market_data", "symbols": ["MTK/USD"]})
+        seen = [u["price"] for u in price_updates(client, 1, timeout=20)]
+        while seen[-1] != "6":
+            seen += [u["price"] for u in price_updates(client, 1, timeout=20)]
+        assert post_prices(Http(survivor.port, publish), ("MTK/USD", "7", 3))["accepted"] == 1
+        (update,) = price_updates(client, 1, timeout=20)
+        assert update["price"] == "7"
