@@ -218,6 +218,7 @@ class HttpApi(Resource):
         self._openapi = orjson.dumps(document if document is not None else load_document())
 
     def render(self, request: http.Request) -> Any:
+        request.operation = "unknown"
         d = ensureDeferred(self._answer(request))
         d.addErrback(self._failed, request)
         d.addCallback(self._write, request)
@@ -236,6 +237,7 @@ class HttpApi(Resource):
         ))
 
     def _write(self, answer: Answer, request: http.Request) -> None:
+        self._server.counters.http_responses[request.operation, answer.status] += 1
         if request.finished or request.channel is None:
             return
         request.setResponseCode(answer.status)
@@ -263,6 +265,7 @@ class HttpApi(Resource):
             if route.method != method:
                 allowed.append(route.method)
                 continue
+            request.operation = route.serve
             return await self._serve(route, parameters, request)
         if allowed:
             return error_answer(

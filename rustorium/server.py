@@ -80,6 +80,8 @@ class Counters:
         setting whose cap was reached.
     @ivar handshake_timeouts: connections closed because their opening
         handshake did not complete within the handshake timeout.
+    @ivar http_responses: HTTP API answers by operation (C{unknown} for no
+        route) and status.
     """
 
     conflated: int = 0
@@ -91,6 +93,7 @@ class Counters:
     frame_floods: int = 0
     connections_refused: Counter[str] = attrs.Factory(Counter)
     handshake_timeouts: int = 0
+    http_responses: Counter[tuple[str, int]] = attrs.Factory(Counter)
 
 
 class Server:

@@ -250,6 +250,20 @@ class TestRefusals:
         logged_errors.clear()
 
 
+def test_answers_are_counted_for_metrics(api):
+    from prometheus_client import generate_latest
+
+    from rustorium.metrics import make_registry
+
+    api.call("GET", "/info")
+    api.call("GET", "/info", key=None)
+    api.call("GET", "/nowhere")
+    text = generate_latest(make_registry(api.server)).decode()
+    assert 'rustorium_http_responses_total{operation="info",status="200"} 1.0' in text
+    assert 'rustorium_http_responses_total{operation="info",status="401"} 1.0' in text
+    assert 'rustorium_http_responses_total{operation="unknown",status="404"} 1.0' in text
+
+
 class TestPrices:
     def test_accepted_prices_reach_subscribers(self, api):
         """
