@@ -336,6 +336,11 @@ class HttpApi(Resource):
         """
         request.content.seek(0)
         raw = request.content.read()
+        limit = self._server.settings.http_max_body
+        if len(raw) > limit:
+            # Mounted in a site that buffers whole bodies (not LimitedRequest).
+            raise RequestError(HttpErrorCode.PAYLOAD_TOO_LARGE,
+                               f"the body is larger than {limit} bytes")
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as e:

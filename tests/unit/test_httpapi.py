@@ -233,6 +233,11 @@ class TestRefusals:
         assert orjson.loads(b"".join(request.written))["error"]["code"] == "payload_too_large"
         assert request.closed_connection
 
+    def test_body_too_large_in_a_site_that_buffers(self, clock):
+        api = Api(clock, http_max_body=100)
+        answer = api.call("POST", "/keys", {"name": "x" * 100})
+        assert error(answer) == (413, "payload_too_large")
+
     @pytest.mark.parametrize("raw", [b"", b"{", b"[1, 2]", b'"prices"', b"\xff\xfe", b"null"])
     def test_body_not_an_object(self, api, raw):
         answer = api.call("POST", "/prices", raw=raw, key=PUBLISH_KEY)
