@@ -69,11 +69,12 @@ NODE_FIELDS = ("name", "address", "version", "started", "connections")
 
 def connection_node(connection_id: str) -> str | None:
     """
-    The node that holds a connection, from its id (C{c<n>@<node>}), or
-    C{None} for a string that is not a connection id.
+    The node that holds a connection, from its id (C{c<run>-<n>@<node>}),
+    or C{None} for a string that is not a connection id.
     """
     number, at, node = connection_id.partition("@")
-    if at and node and number[:1] == "c" and number[1:].isdigit():
+    run, dash, count = number[1:].partition("-")
+    if at and node and number[:1] == "c" and dash and run.isalnum() and count.isdigit():
         return node
     return None
 
@@ -200,6 +201,9 @@ class Application:
         self.database_errors = database_errors
         self.connections: dict[str, Any] = {}
         self._connection_numbers = 0
+        # Ids of this run of the node: a restarted node with the same name
+        # never reuses an id an operator may still hold.
+        self._run = secrets.token_hex(3)
         self._questions: dict[str, _Question] = {}
         broker.on_updates = fanout.deliver
         broker.on_control = self._control
@@ -254,7 +258,7 @@ class Application:
         Register an open connection; return its id, unique in the cluster.
         """
         self._connection_numbers += 1
-        connection_id = f"c{self._connection_numbers}@{self.node}"
+        connection_id = f"c{self._run}-{self._connection_numbers}@{self.node}"
         self.connections[connection_id] = session
         return connection_id
 

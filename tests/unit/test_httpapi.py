@@ -340,7 +340,10 @@ class TestConnections:
         again = api.call("POST", f"/connections/{mine['id']}/close", {"code": 4000})
         assert error(again) == (404, "not_found")
 
-    @pytest.mark.parametrize("connection_id", ["c1@elsewhere", "nonsense", "c1", "cx@test-node"])
+    @pytest.mark.parametrize("connection_id", [
+        "cab12cd-1@elsewhere", "nonsense", "c1", "cx@test-node", "c1@test-node",
+        "cab12cd-1@test-node",
+    ])
     def test_close_unknown(self, api, connection_id):
         answer = api.call("POST", f"/connections/{connection_id}/close", {"code": 4000})
         assert error(answer) == (404, "not_found")
