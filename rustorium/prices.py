@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import orjson
 from twisted.application.service import Service
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -42,7 +42,7 @@ from .errors import ErrorCode, RequestError
 from .genesis import PRICE_DECIMALS
 from .market import Quote, percent_change, quote_publications
 from .rolling import RollingWindow
-from .storage.meta import load_prices, save_prices
+from .storage.meta import save_prices
 
 MAX_PRICES = 1000
 """The most prices one request may post."""
@@ -96,18 +96,20 @@ class DatabasePrices:
     an old sequence number again (a cluster's Redis keeps them itself).
     """
 
-    def __init__(self, database: Any) -> None:
+    def __init__(self, database: Any, stored: dict[str, str]) -> None:
+        """
+        @param stored: what L{load_prices} read at start (before listening:
+            the broker, and so the server, is ready at once).
+        """
         self._database = database
+        self._stored = {symbol: PriceTick.from_json(orjson.loads(tick))
+                        for symbol, tick in stored.items()}
 
     def load(self) -> Any:
         """
-        Fires with the last tick of each market, by symbol.
+        Fires (at once) with the last tick of each market, by symbol.
         """
-        def decoded(stored: dict[str, str]) -> dict[str, PriceTick]:
-            return {symbol: PriceTick.from_json(orjson.loads(tick))
-                    for symbol, tick in stored.items()}
-
-        return self._database.run(load_prices).addCallback(decoded)
+        return succeed(dict(self._stored))
 
     def save(self, ticks: list[PriceTick]) -> Any:
         """

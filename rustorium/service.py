@@ -63,6 +63,7 @@ from .server import Server
 from .shared_ledger import SharedLedger
 from .storage import Database, engine_from_url, run_blocking
 from .storage.lock import DatabaseLock, lock_database
+from .storage.meta import load_prices
 from .storage.shared_ledger import POSTGRESQL
 from .timestamps import isoformat
 from .web import WebSocketEndpoint, build_site
@@ -205,7 +206,7 @@ def make_broker(
             history_size=settings.history_size, history_age=settings.history_age,
             resume_window=settings.resume_window,
             max_detached_per_key=settings.max_detached_per_key,
-            prices=DatabasePrices(database),
+            prices=DatabasePrices(database, run_blocking(database.engine, load_prices)),
         )
     # Imported only here: txredisapi installs the default reactor when
     # imported, which must not happen before twistd installs its own.

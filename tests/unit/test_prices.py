@@ -15,6 +15,7 @@ from rustorium.hub import MessageIds, channel_key
 from rustorium.prices import (
     MAX_PRICES,
     MAX_SEQ,
+    DatabasePrices,
     ExternalMarkets,
     ExternalMarketService,
     PriceTick,
@@ -179,6 +180,20 @@ class TestKeptPrices:
         assert again.latest_prices().result == {"MTK/USD": PriceTick("MTK/USD", 100, 5, 1.0)}
         assert again.record_prices([PriceTick("MTK/USD", 1, 4, 2.0)]).result == [False]
         again.stop()
+
+    def test_a_broker_on_the_database_starts_at_once(self, clock):
+        """
+        The prices are read before the server listens, so the in-process
+        broker (and so the server) is ready at once: a start waiting on
+        the database held the first handshakes at 503.
+        """
+        tick = PriceTick("MTK/USD", 100, 5, 1.0)
+        store = DatabasePrices(None, {"MTK/USD": tick.to_json().decode()})
+        broker = LocalBroker(clock, MessageIds(1, 10**9, 10**6), "node", prices=store)
+        started = broker.start()
+        assert started.called
+        assert broker.latest_prices().result == {"MTK/USD": tick}
+        broker.stop()
 
     def test_in_the_database(self, database_url):
         """
