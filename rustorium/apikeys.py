@@ -17,7 +17,16 @@ from twisted.logger import Logger
 
 from .closecodes import CloseCode
 from .storage import Database
-from .storage.keys import ApiKey, find_key, revoked_among
+from .storage.keys import (
+    ApiKey,
+    find_key,
+    find_key_by_id,
+    insert_key,
+    list_keys,
+    revoke_key,
+    revoked_among,
+)
+from .timestamps import isoformat
 
 KEY_PREFIX = "rk_"
 _MAX_KEY_LENGTH = 256
@@ -61,6 +70,40 @@ class KeyStore:
         Which of these key ids may no longer be used.
         """
         return self._database.run(revoked_among, key_ids)
+
+    def create(
+        self, name: str, scopes: frozenset[str], addresses: list[str], now: float
+    ) -> "Deferred[tuple[ApiKey, str]]":
+        """
+        Make a key; fires with its record and the key itself (known only
+        now: only its hash is stored).
+        """
+        key = generate_key()
+
+        def made(txn: object) -> ApiKey:
+            key_id = insert_key(txn, hash_key(key), name, isoformat(now), addresses, scopes)
+            return find_key_by_id(txn, key_id)
+
+        return self._database.run(made).addCallback(lambda record: (record, key))
+
+    def find(self, key_id: int) -> "Deferred[ApiKey | None]":
+        """
+        The key with this id (revoked or not), or C{None}.
+        """
+        return self._database.run(find_key_by_id, key_id)
+
+    def list(self) -> "Deferred[list[ApiKey]]":
+        """
+        Every key, oldest first.
+        """
+        return self._database.run(list_keys)
+
+    def revoke(self, key_id: int, now: float) -> "Deferred[bool]":
+        """
+        Revoke a key; fires with C{False} if there is no such key or it
+        was revoked already.
+        """
+        return self._database.run(revoke_key, key_id, isoformat(now))
 
 
 class RevocationService(TimerService):

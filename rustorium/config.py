@@ -118,6 +118,15 @@ def _broker(value: object) -> str:
     return text
 
 
+MARKET_SOURCES = ("simulator", "external")
+
+
+def _market_source(value: object) -> str:
+    if value not in MARKET_SOURCES:
+        raise ValueError(f"must be one of {', '.join(MARKET_SOURCES)}")
+    return str(value)
+
+
 def _endpoints(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -190,6 +199,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Most accepted transactions sharing one database commit (1: a commit each)."),
     Setting("market-seed", _integer,
             "Seed of the markets' random walk; the same seed gives the same prices."),
+    Setting("market-source", _market_source,
+            "What moves prices: simulator (a random walk) or external (only prices posted "
+            "to POST /api/v1/prices)."),
     Setting("resume-window", _positive_seconds,
             "Seconds a lost connection's subscriptions stay resumable with reconnect."),
     Setting("history-size", _count,
@@ -245,6 +257,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds to wait for a closing handshake before dropping the connection."),
     Setting("backlog", _count,
             "Listen backlog for tcp: and ssl: endpoints that do not set backlog=."),
+    Setting("http-rate-limit", _positive_seconds,
+            "HTTP API requests per second allowed per API key (token bucket refill rate)."),
+    Setting("http-rate-burst", _count,
+            "HTTP API requests an API key may make at once (token bucket size)."),
+    Setting("http-max-body", _count,
+            "Largest HTTP API request body in bytes; larger ones get 413."),
     Setting("key-check-interval", _positive_seconds,
             "Seconds between checks for revoked API keys of open connections."),
     Setting("tls-reload-interval", _positive_seconds,
@@ -275,6 +293,7 @@ class Settings:
     block_interval: float = 2.0
     commit_batch: int = 1000
     market_seed: int = 1
+    market_source: str = "simulator"
     resume_window: float = 300.0
     history_size: int = 1000
     history_age: float = 300.0
@@ -298,6 +317,9 @@ class Settings:
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0
     backlog: int = 4096
+    http_rate_limit: float = 20.0
+    http_rate_burst: int = 100
+    http_max_body: int = 1048576
     key_check_interval: float = 5.0
     tls_reload_interval: float = 10.0
     tls_reload_signal: bool = True

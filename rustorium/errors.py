@@ -35,6 +35,25 @@ class ErrorCode(StrEnum):
     """The server failed; the failure is logged, and the request may be retried."""
 
 
+class HttpErrorCode(StrEnum):
+    """
+    The codes only the HTTP API sends (``docs/http-api.rst``), for what a
+    WebSocket session never meets: its other errors use L{ErrorCode}.
+    """
+
+    UNAUTHORIZED = "unauthorized"
+    """No API key, or an unknown or revoked one (401)."""
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    """The path exists, but not with this method (405)."""
+    CONFLICT = "conflict"
+    """The operation contradicts the server's state (409): a key revoked
+    already, prices posted to a server whose market is simulated."""
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    """The request body is larger than ``http-max-body`` (413)."""
+    UNAVAILABLE = "unavailable"
+    """The server is starting, or cannot reach its database or broker (503)."""
+
+
 class RequestError(Exception):
     """
     A request that is answered with an ``error`` message instead of being
@@ -48,7 +67,7 @@ class RequestError(Exception):
 
     def __init__(
         self,
-        code: ErrorCode,
+        code: ErrorCode | HttpErrorCode,
         message: str,
         request_id: str | int | None = None,
         **extra: object,

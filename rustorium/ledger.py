@@ -44,6 +44,7 @@ from .storage.ledger import (
     TransactionRow,
     find_transaction,
     insert_transactions,
+    transactions_of,
     write_block,
 )
 from .timestamps import isoformat
@@ -88,6 +89,12 @@ class ILedgerStore(Interface):
         Read one transaction, or C{None}.
         """
 
+    def transactions_of(address: str, limit: int) -> Deferred:
+        """
+        Fires with the last C{limit} transactions from or to C{address},
+        newest first.
+        """
+
 
 @implementer(ILedgerStore)
 class DatabaseLedgerStore:
@@ -106,6 +113,9 @@ class DatabaseLedgerStore:
 
     def find(self, transaction_id):
         return self._database.run(find_transaction, transaction_id)
+
+    def transactions_of(self, address, limit):
+        return self._database.run(transactions_of, address, limit)
 
 
 _ids = random.Random(secrets.token_bytes(32))
@@ -208,6 +218,19 @@ class Ledger:
         A transaction by id (as committed).
         """
         return self._store.find(transaction_id)
+
+    def transactions_of(self, address: str, limit: int) -> "Deferred[list[TransactionRow]]":
+        """
+        The last C{limit} transactions from or to C{address}, newest first
+        (as committed).
+        """
+        return self._store.transactions_of(address, limit)
+
+    def chain_state(self) -> "Deferred[tuple[int, int]]":
+        """
+        Fires with the block height and the number of pending transactions.
+        """
+        return succeed((self.last_block, self.pending_count))
 
     @property
     def busy(self) -> bool:

@@ -62,12 +62,17 @@ class MarketState:
 class Quote:
     """
     A market's figures after a tick.
+
+    @ivar volume_24h: traded over the trailing 24 h, in units of
+        C{10**-volume_decimals} (the simulator counts whole units; prices
+        posted from outside carry the token's base units).
     """
 
     market: Market
     price: int
     change_24h: str
     volume_24h: int
+    volume_decimals: int = 0
 
 
 class MarketSimulator:
@@ -184,28 +189,40 @@ class MarketService(Service):
         Publish the tick as one batch, so a client following several
         markets gets them all in one write.
         """
-        batch = []
-        for quote in quotes:
-            market = quote.market
-            token = market.token
-            price = format_units(quote.price, PRICE_DECIMALS)
-            batch.append(Publication(
-                MARKET_DATA,
-                channel_key(MARKET_DATA, market.symbol),
-                {
-                    "symbol": market.symbol,
-                    "price": price,
-                    "change_24h": quote.change_24h,
-                    "volume_24h": str(quote.volume_24h),
-                },
-            ))
-            batch.append(Publication(
-                TOKEN_UPDATES,
-                channel_key(TOKEN_UPDATES, token.token_id),
-                {
-                    "token_id": token.token_id,
-                    "price": price,
-                    "volume": format_units(self._token_volume(token.token_id), token.decimals),
-                },
-            ))
-        self._publish_batch(batch)
+        self._publish_batch(quote_publications(quotes, self._token_volume))
+
+
+def quote_publications(
+    quotes: list[Quote], token_volume: Callable[[str], int]
+) -> list[Publication]:
+    """
+    The updates of some quotes: a C{market_data} update per market and a
+    C{token_updates} update per token (its price from its market, its
+    volume, C{token_volume(token_id)}, from the ledger's confirmed
+    transfers).
+    """
+    batch = []
+    for quote in quotes:
+        market = quote.market
+        token = market.token
+        price = format_units(quote.price, PRICE_DECIMALS)
+        batch.append(Publication(
+            MARKET_DATA,
+            channel_key(MARKET_DATA, market.symbol),
+            {
+                "symbol": market.symbol,
+                "price": price,
+                "change_24h": quote.change_24h,
+                "volume_24h": format_units(quote.volume_24h, quote.volume_decimals),
+            },
+        ))
+        batch.append(Publication(
+            TOKEN_UPDATES,
+            channel_key(TOKEN_UPDATES, token.token_id),
+            {
+                "token_id": token.token_id,
+                "price": price,
+                "volume": format_units(token_volume(token.token_id), token.decimals),
+            },
+        ))
+    return batch

@@ -95,6 +95,14 @@ class ServerCollector:
             "Price and volume updates a slow reader was spared because a newer one replaced them.",
             value=counters.conflated,
         )
+        http = CounterMetricFamily(
+            "rustorium_http_responses",
+            "HTTP API answers, by operation (unknown: no such endpoint) and status.",
+            labels=["operation", "status"],
+        )
+        for (operation, status), count in sorted(counters.http_responses.items()):
+            http.add_metric([operation, str(status)], count)
+        yield http
         yield GaugeMetricFamily("rustorium_block_height", "The last block's number.",
                                 value=server.ledger.last_block)
         yield GaugeMetricFamily(

@@ -80,6 +80,8 @@ class Counters:
         setting whose cap was reached.
     @ivar handshake_timeouts: connections closed because their opening
         handshake did not complete within the handshake timeout.
+    @ivar http_responses: HTTP API answers by operation (C{unknown} for no
+        route) and status.
     """
 
     conflated: int = 0
@@ -91,6 +93,7 @@ class Counters:
     frame_floods: int = 0
     connections_refused: Counter[str] = attrs.Factory(Counter)
     handshake_timeouts: int = 0
+    http_responses: Counter[tuple[str, int]] = attrs.Factory(Counter)
 
 
 class Server:
@@ -103,6 +106,7 @@ class Server:
         refused with 503 while it is not.
     @ivar key_buckets: each API key's message budget, shared by all its
         connections and kept across reconnects.
+    @ivar http_buckets: each API key's budget of HTTP API requests.
     """
 
     def __init__(self, app: "Application", keys: KeyStore) -> None:
@@ -120,3 +124,5 @@ class Server:
         self.connections_per_key: Counter[int] = Counter()
         self.key_buckets = KeyBuckets(settings.key_rate_limit, settings.key_rate_burst,
                                       clock.seconds)
+        self.http_buckets = KeyBuckets(settings.http_rate_limit, settings.http_rate_burst,
+                                       clock.seconds)

@@ -8,9 +8,11 @@ L{makeService} is the public entry point for embedding::
     rustorium.setServiceParent(application)
 
 and L{RustoriumService.websocket_resource} mounts the API in an existing
-C{twisted.web} site instead of (or beside) its own listening ports::
+C{twisted.web} site instead of (or beside) its own listening ports, and
+L{RustoriumService.http_api_resource} the HTTP API::
 
     root.putChild(b"v1", rustorium.websocket_resource())
+    root.putChild(b"rustorium-api", rustorium.http_api_resource())
 """
 
 import errno
@@ -26,6 +28,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.web.resource import Resource
 
 from . import tls
 from .amounts import parse_units
@@ -46,6 +49,7 @@ from .config import Settings
 from .fanout import Fanout
 from .genesis import PRICE_DECIMALS
 from .heartbeat import HeartbeatService
+from .httpapi import HttpApi
 from .hub import MessageIds, channel_key
 from .leadership import SingletonService
 from .ledger import DatabaseLedgerStore, Ledger
@@ -53,11 +57,13 @@ from .market import MarketService
 from .metrics import HealthPage, MetricsPage, make_registry
 from .nodes import NodeAnnouncer
 from .output import listening_reactor
+from .prices import DatabasePrices, ExternalMarketService
 from .requests import MARKET_DATA
 from .server import Server
 from .shared_ledger import SharedLedger
 from .storage import Database, engine_from_url, run_blocking
 from .storage.lock import DatabaseLock, lock_database
+from .storage.meta import load_prices
 from .storage.shared_ledger import POSTGRESQL
 from .timestamps import isoformat
 from .web import WebSocketEndpoint, build_site
@@ -200,6 +206,7 @@ def make_broker(
             history_size=settings.history_size, history_age=settings.history_age,
             resume_window=settings.resume_window,
             max_detached_per_key=settings.max_detached_per_key,
+            prices=DatabasePrices(database, run_blocking(database.engine, load_prices)),
         )
     # Imported only here: txredisapi installs the default reactor when
     # imported, which must not happen before twistd installs its own.
@@ -339,8 +346,11 @@ class RustoriumService(MultiService):
             settings, reactor, engine, database, catalog, prepared,
             lambda rows: app.announce_transactions(rows),
         )
-        self.app = app = Application(settings, reactor, node, catalog, ledger, broker, Fanout())
-        self.server = server = Server(app, KeyStore(database))
+        self.app = app = Application(
+            settings, reactor, node, catalog, ledger, broker, Fanout(), KeyStore(database),
+            (engine.module.OperationalError, engine.module.InterfaceError),
+        )
+        self.server = server = Server(app, app.keys)
         app.on_lost = self._broker_lost
         app.describe_node = self._describe_node
         broker.on_restored = self._broker_restored
@@ -348,12 +358,20 @@ class RustoriumService(MultiService):
 
         sources = MultiService()
         _LoadVolume(ledger).setServiceParent(sources)
-        MarketService(
-            catalog, app.publish, reactor, settings.tick_interval, settings.market_seed,
-            ledger.volume_24h, lambda: last_prices(broker, catalog),
-        ).setServiceParent(sources)
+        if settings.market_source == "external":
+            market = ExternalMarketService(
+                catalog, app.publish, reactor, settings.tick_interval, ledger.volume_24h,
+                broker.latest_prices,
+            )
+            app.on_prices = market.prices_received
+            market.setServiceParent(sources)
+        else:
+            MarketService(
+                catalog, app.publish, reactor, settings.tick_interval, settings.market_seed,
+                ledger.volume_24h, lambda: last_prices(broker, catalog),
+            ).setServiceParent(sources)
         ChainService(ledger, settings.block_interval, reactor).setServiceParent(sources)
-        sources = SingletonService(
+        self._sources = sources = SingletonService(
             "sources", node, broker, sources, sources_lease(settings), reactor
         )
         sources.setServiceParent(self)
@@ -372,6 +390,8 @@ class RustoriumService(MultiService):
             settings.handshake_timeout,
             HealthPage(server, lambda: database.run(_ping_database)),
             MetricsPage(self.metrics),
+            HttpApi(server),
+            settings.http_max_body,
         )
         # The listeners are not children: they start after everything else
         # and stop before anything else (see stopService).
@@ -410,6 +430,9 @@ class RustoriumService(MultiService):
             "version": self.app.version,
             "started": isoformat(self._started_at),
             "connections": len(self.server.sessions),
+            "uptime": round(self._reactor.seconds() - self._started_at, 3),
+            "subscriptions": self.app.subscription_counts(),
+            "runs_market": self._sources.leading,
         }
 
     def _broker_ready(self, ready: bool) -> None:
@@ -440,6 +463,16 @@ class RustoriumService(MultiService):
         factory = RustoriumServerFactory(self.server, path=None, reactor=self._reactor)
         self._factories.append(factory)
         return WebSocketEndpoint(factory)
+
+    def http_api_resource(self) -> Resource:
+        """
+        The HTTP API (C{docs/http-api.rst}) as a resource to mount in
+        another C{twisted.web} site, at any path. Bodies past
+        C{http-max-body} get 413 there too, but are buffered first unless
+        the site's C{requestFactory} is L{rustorium.web.LimitedRequest}
+        (with the site's C{max_body} set).
+        """
+        return HttpApi(self.server)
 
     def privilegedStartService(self) -> None:
         """

@@ -114,10 +114,13 @@ class Session:
     One authenticated connection.
 
     @ivar api_key: the key it authenticated with.
+    @ivar connection_id: its id in the cluster, for operators.
+    @ivar opened_at: when it opened (reactor seconds).
     """
 
     # Thousands of these live at once: no per-instance __dict__.
-    __slots__ = ("_bucket", "_flood", "_server", "api_key", "connection", "feed", "state")
+    __slots__ = ("_bucket", "_flood", "_server", "api_key", "connection", "connection_id", "feed",
+                 "opened_at", "state")
 
     log = Logger()
 
@@ -131,7 +134,9 @@ class Session:
         self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst, now)
         self._flood = FloodWindow(settings.flood_limit, FLOOD_WINDOW, now)
         self.feed = server.app.open_feed(api_key, connection.sink)
-        server.sessions.add(self, now())
+        self.opened_at = now()
+        server.sessions.add(self, self.opened_at)
+        self.connection_id = server.app.add_connection(self)
 
     # Input from the connection
 
@@ -220,6 +225,7 @@ class Session:
         self.state = SessionState.CLOSED
         self.feed.close()
         self._server.sessions.remove(self)
+        self._server.app.remove_connection(self.connection_id)
 
     def _send_error(self, request_id: object, error: RequestError) -> None:
         self._server.counters.errors[error.code] += 1

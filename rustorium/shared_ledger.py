@@ -38,7 +38,7 @@ from .requests import ExecuteTransaction
 from .rolling import DAY, RollingWindow
 from .storage import Database
 from .storage.keys import ApiKey
-from .storage.ledger import TransactionRow, find_transaction
+from .storage.ledger import TransactionRow, find_transaction, transactions_of
 from .storage.shared_ledger import (
     ACCEPTED,
     CONFLICT,
@@ -52,6 +52,7 @@ from .storage.shared_ledger import (
     accept_transfers,
     confirmed_volume_since,
     count_pending,
+    last_block,
     read_balance,
     write_next_block,
 )
@@ -72,6 +73,10 @@ class _InFlight:
 
     parameters: tuple
     waiting: list[Callable[[], None]] = attrs.Factory(list)
+
+
+def _chain_state(txn: Any) -> tuple[int, int]:
+    return last_block(txn)[0], count_pending(txn)
 
 
 class SharedLedger:
@@ -129,6 +134,19 @@ class SharedLedger:
 
     def find(self, transaction_id: str) -> "Deferred[TransactionRow | None]":
         return self._database.run(find_transaction, transaction_id)
+
+    def transactions_of(self, address: str, limit: int) -> "Deferred[list[TransactionRow]]":
+        """
+        The last C{limit} transactions from or to C{address}, newest first.
+        """
+        return self._database.run(transactions_of, address, limit)
+
+    def chain_state(self) -> "Deferred[tuple[int, int]]":
+        """
+        Fires with the block height and the number of pending transactions,
+        as the database has them (whichever node writes the blocks).
+        """
+        return self._database.run(_chain_state)
 
     def volume_24h(self, token_id: str) -> int:
         """

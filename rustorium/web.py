@@ -1,6 +1,6 @@
 """
 The HTTP side of a listening port: a C{twisted.web} site whose C{/v1} is the
-WebSocket endpoint.
+WebSocket endpoint and C{/api/v1/} the HTTP API (L{rustorium.httpapi}).
 
 Requests that cannot become a session are refused, never answered with a
 page a client would take for success: a WebSocket handshake on any other
@@ -12,12 +12,13 @@ API key may travel in one (C{?api_key=...}, or C{#api_key=...} from a
 hand-made client).
 """
 
+from io import BytesIO
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from . import __version__
 from .admission import GuardedSite
@@ -28,8 +29,47 @@ _API_CHILD = API_PATH.lstrip("/").encode("ascii")
 _INDEX = (
     "Rustorium server {version}\n"
     "WebSocket API: /v1?api_key=KEY (or Authorization: Bearer KEY)\n"
+    "HTTP API: /api/v1/ (Authorization: Bearer KEY; /api/v1/openapi.json describes it)\n"
     "Health: /healthz   Metrics: /metrics\n"
 )
+
+
+class LimitedRequest(Request):
+    """
+    A request whose body beyond the site's C{max_body} bytes is dropped as
+    it arrives, rather than buffered (in memory, or on disk past 100 KB as
+    C{twisted.web} does); C{body_too_large} tells the resource, which
+    answers 413. The whole request must still arrive within the
+    connection's deadline (L{rustorium.admission}), so a body that never
+    ends is cut off there.
+    """
+
+    body_too_large = False
+    _body_bytes = 0
+
+    def _limit(self) -> int | None:
+        site = getattr(self.channel, "site", None)
+        return getattr(site, "max_body", None)
+
+    def gotLength(self, length: int | None) -> None:
+        limit = self._limit()
+        if limit is not None and length is not None and length > limit:
+            self.body_too_large = True
+            self.content = BytesIO()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        self._body_bytes += len(data)
+        limit = self._limit()
+        if limit is not None and self._body_bytes > limit:
+            self.body_too_large = True
+            self.content.close()
+            self.content = BytesIO()
+            return
+        super().handleContentChunk(data)
 
 
 def is_websocket_handshake(request: http.Request) -> bool:
@@ -113,21 +153,34 @@ class Index(Resource):
 
 
 def build_site(
-    factory: RustoriumServerFactory, timeout: float, health: Resource, metrics: Resource
+    factory: RustoriumServerFactory,
+    timeout: float,
+    health: Resource,
+    metrics: Resource,
+    api: Resource | None = None,
+    max_body: int | None = None,
 ) -> Site:
     """
-    The site for a listening port: C{/v1} is the WebSocket API, C{/healthz}
-    and C{/metrics} are for operators.
+    The site for a listening port: C{/v1} is the WebSocket API, C{/api/v1}
+    the HTTP API, C{/healthz} and C{/metrics} are for operators.
 
     @param timeout: seconds an idle HTTP connection (one that has not
         finished its request) is kept.
+    @param max_body: the most bytes of a request body kept (see
+        L{LimitedRequest}).
     """
     root = Root()
     root.putChild(b"", Index())
     root.putChild(_API_CHILD, WebSocketEndpoint(factory))
     root.putChild(b"healthz", health)
     root.putChild(b"metrics", metrics)
+    if api is not None:
+        versions = Resource()
+        versions.putChild(b"v1", api)
+        root.putChild(b"api", versions)
     site = GuardedSite(factory.admission, root, logFormatter=redacted_log_formatter)
+    site.requestFactory = LimitedRequest
+    site.max_body = max_body
     site.timeOut = timeout
     site.displayTracebacks = False
     return site

@@ -47,7 +47,7 @@ from .output import Flusher, Outlet, WriteThroughServer
 from .ratelimit import TokenBucket
 from .server import Server
 from .session import IConnection, Session
-from .storage.keys import ApiKey
+from .storage.keys import CLIENT, ApiKey
 
 API_PATH = "/v1"
 _OPEN = WebSocketServerProtocol.STATE_OPEN
@@ -207,6 +207,12 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self._log.info("Refused a handshake from {peer}: unknown or revoked API key",
                            peer=self.peer)
             raise ConnectionDeny(401, "unknown or revoked API key")
+        if not api_key.allows(CLIENT):
+            self._log.info("Refused a handshake from {peer}: key {key_name} has no client scope",
+                           peer=self.peer, key_name=api_key.name)
+            raise ConnectionDeny(
+                403, "this API key has no client scope: it serves the HTTP API only"
+            )
         server: Server = self.factory.api_server
         limit = server.settings.max_connections_per_key
         counts = server.connections_per_key

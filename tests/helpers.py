@@ -56,6 +56,33 @@ class FakeKeyStore:
     def revoked_among(self, key_ids):
         return succeed({k for k in key_ids if k in self.revoked})
 
+    def _current(self, key: ApiKey) -> ApiKey:
+        if key.key_id in self.revoked and key.revoked_at is None:
+            return attrs.evolve(key, revoked_at="2026-01-02T00:00:00.000000Z")
+        return key
+
+    def create(self, name, scopes, addresses, now):
+        key_id = max((k.key_id for k in self.keys.values()), default=0) + 1
+        secret = f"rk_{key_id:043d}"
+        record = ApiKey(key_id, name, frozenset(addresses), "2026-01-01T00:00:00.000000Z",
+                        None, frozenset(scopes))
+        self.keys[secret] = record
+        return succeed((record, secret))
+
+    def find(self, key_id):
+        found = [k for k in self.keys.values() if k.key_id == key_id]
+        return succeed(self._current(found[0]) if found else None)
+
+    def list(self):
+        return succeed(sorted((self._current(k) for k in self.keys.values()),
+                              key=lambda k: k.key_id))
+
+    def revoke(self, key_id, now):
+        if key_id in self.revoked or not any(k.key_id == key_id for k in self.keys.values()):
+            return succeed(False)
+        self.revoked.add(key_id)
+        return succeed(True)
+
 
 @implementer(ILedgerStore)
 class MemoryLedgerStore:
@@ -132,6 +159,11 @@ class MemoryLedgerStore:
         row = self.transactions.get(transaction_id)
         return succeed(None if row is None else attrs.evolve(row))
 
+    def transactions_of(self, address, limit):
+        rows = sorted((r for r in self.transactions.values()
+                       if address in (r.sender, r.recipient)), key=lambda r: -r.seq)
+        return succeed([attrs.evolve(r) for r in rows[:limit]])
+
 
 def genesis_snapshot() -> LedgerSnapshot:
     """
@@ -162,8 +194,9 @@ def make_server(
     ledger = Ledger(catalog, store or MemoryLedgerStore(),
                     lambda rows: app.announce_transactions(rows), clock, genesis_snapshot(),
                     commit_batch=config.commit_batch)
-    app = Application(config, clock, "test-node", catalog, ledger, broker, Fanout())
-    server = Server(app, FakeKeyStore())
+    app = Application(config, clock, "test-node", catalog, ledger, broker, Fanout(),
+                      FakeKeyStore())
+    server = Server(app, app.keys)
     server.ready = True
     return server
 

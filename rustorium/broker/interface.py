@@ -176,7 +176,7 @@ class IBroker(Interface):
     """
     The shared state and traffic of a cluster's nodes.
 
-    The owner (the node's fan-out) sets the four callbacks before
+    The owner (the node's fan-out) sets the five callbacks before
     L{start}. Methods that return a L{Deferred} fail with
     L{BrokerUnavailable} at once while the broker is unreachable.
     """
@@ -221,6 +221,15 @@ class IBroker(Interface):
         treat every live stream as possibly gapped and close its clients
         with a reconnect code, so that they resume by replay. Called once
         per outage.
+        """
+    )
+
+    on_prices = Attribute(
+        """
+        C{Callable[[list[PriceTick]], None]}: called on every node with the
+        ticks of each batch L{record_prices} accepted, on any node, in the
+        order they were accepted. At most once: a node whose link dropped
+        may miss some (L{latest_prices} has the latest of each market).
         """
     )
 
@@ -370,6 +379,21 @@ class IBroker(Interface):
         Send C{message} to C{node}'s L{on_control}; fires with how many
         nodes received it (0 if that node is not listening: delivery is at
         most once).
+        """
+
+    def record_prices(ticks: list) -> Deferred[list[bool]]:
+        """
+        Accept the ticks (L{rustorium.prices.PriceTick}) whose sequence
+        number is above the last one accepted for their market, in order
+        and atomically for the whole cluster: a tick is compared with the
+        ones before it in the list too. Fires with whether each was
+        accepted; the accepted ones go to every node's L{on_prices}, as one
+        batch.
+        """
+
+    def latest_prices() -> Deferred[dict]:
+        """
+        The last tick accepted for each market that has one, by symbol.
         """
 
     def acquire_lease(name: str, holder: str, ttl: float) -> Deferred[bool]:

@@ -22,6 +22,7 @@ import attrs
 import orjson
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..hub import MessageIds, Update
@@ -57,6 +58,8 @@ class LocalBroker:
     See the module docstring.
     """
 
+    log = Logger()
+
     def __init__(
         self,
         clock: Any,
@@ -67,7 +70,14 @@ class LocalBroker:
         history_age: float = 300.0,
         resume_window: float = 300.0,
         max_detached_per_key: int = 1000,
+        prices: Any = None,
     ) -> None:
+        """
+        @param prices: where the last posted price of each market is kept
+            across restarts (L{rustorium.prices.DatabasePrices}); in memory
+            only if C{None}.
+        """
+        self._price_store = prices
         self._clock = clock
         self._ids = ids
         self._node = node
@@ -81,6 +91,8 @@ class LocalBroker:
         self.on_control: Callable[[dict], None] = lambda message: None
         self.on_lost: Callable[[str], None] = lambda reason: None
         self.on_restored: Callable[[], None] = lambda: None
+        self.on_prices: Callable[[list], None] = lambda ticks: None
+        self._prices: dict[str, Any] = {}
         self._histories: dict[str, KeyHistory] = {}
         self._listened: dict[str, int] = {}
         self._latest: dict[str, tuple[dict, float]] = {}
@@ -99,7 +111,13 @@ class LocalBroker:
 
     def start(self) -> Deferred:
         self._sweep.start(EXPIRY_INTERVAL, now=False)
-        return succeed(None)
+        if self._price_store is None:
+            return succeed(None)
+
+        def loaded(prices: dict) -> None:
+            self._prices = {**prices, **self._prices}
+
+        return self._price_store.load().addCallback(loaded)
 
     def stop(self) -> Deferred:
         if self._sweep.running:
@@ -287,7 +305,7 @@ class LocalBroker:
         """
         return len(self._detached.get(owner, ()))
 
-    # Nodes, control messages, leases: one node, nobody to share with.
+    # Nodes, control messages, prices, leases: one node, nobody to share with.
 
     def announce(self, info: dict, ttl: float) -> Deferred:
         self._announced = (info, self._clock.seconds() + ttl)
@@ -306,6 +324,37 @@ class LocalBroker:
         except Exception:
             return fail()
         return succeed(1)
+
+    def record_prices(self, ticks: list) -> Deferred:
+        prices = self._prices
+        flags = []
+        for tick in ticks:
+            last = prices.get(tick.symbol)
+            accepted = last is None or tick.seq > last.seq
+            if accepted:
+                prices[tick.symbol] = tick
+            flags.append(accepted)
+        accepted_ticks = [tick for tick, accepted in zip(ticks, flags, strict=True) if accepted]
+        if not accepted_ticks:
+            return succeed(flags)
+
+        def hand_on(_: object) -> list[bool]:
+            try:
+                self.on_prices(accepted_ticks)
+            except Exception:
+                # Accepted all the same: the market reads them back.
+                self.log.failure("Handing on {count} accepted prices failed",
+                                 count=len(accepted_ticks))
+            return flags
+
+        # Accepted in memory at once (that orders them against every later
+        # call), kept, then published.
+        kept = succeed(None) if self._price_store is None else self._price_store.save(
+            accepted_ticks)
+        return kept.addCallback(hand_on)
+
+    def latest_prices(self) -> Deferred:
+        return succeed(dict(self._prices))
 
     def acquire_lease(self, name: str, holder: str, ttl: float) -> Deferred:
         return succeed(True)

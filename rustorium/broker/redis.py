@@ -28,10 +28,13 @@ Key layout (every name starts with the prefix, C{rustorium:} by default):
     attached:<node>       set of the subscriptions attached to a node
     nodes, node:<name>    registry: names by expiry; each announcement
     lease:<name>          the holder of a lease
+    price_seqs, prices    hashes by market symbol: the last sequence number
+                          accepted from outside, and that tick (JSON)
 
 Pub/sub channels: C{updates:<key>}, C{control:<node>} (JSON), C{epoch} (a
-new epoch's id). An update of one key is C{"<n> <time> <r> <payload>"}
-(C{r}: 1 retained, 0 not); an event of several keys (L{Publication.also})
+new epoch's id), C{prices} (each batch of accepted ticks, a JSON
+array). An update of one key is C{"<n> <time> <r> <payload>"} (C{r}: 1
+retained, 0 not); an event of several keys (L{Publication.also})
 is C{"<n> <time> m <keys>\n<payload>"}, C{keys} as in its history's C{k}
 (JSON holds no raw newline). It is sent on each of its keys' channels back
 to back: a node listening to several of them keeps the first copy and
@@ -73,6 +76,7 @@ from zope.interface import implementer
 
 from ..groupcommit import GroupCommit
 from ..hub import Update
+from ..prices import PriceTick
 from ..timestamps import isoformat
 from .interface import (
     BrokerUnavailable,
@@ -108,6 +112,7 @@ ANNOUNCE = Script.load("announce")
 NODES = Script.load("nodes")
 ACQUIRE = Script.load("acquire")
 RELEASE = Script.load("release")
+PRICES = Script.load("prices")
 
 TOP_AGE = 86400.0
 """
@@ -160,6 +165,18 @@ class Keys:
     @property
     def nodes(self) -> str:
         return self.prefix + "nodes"
+
+    @property
+    def price_seqs(self) -> str:
+        return self.prefix + "price_seqs"
+
+    @property
+    def prices(self) -> str:
+        return self.prefix + "prices"
+
+    @property
+    def prices_channel(self) -> str:
+        return self.prefix + "prices"
 
     def history(self, key: str) -> str:
         return f"{self.prefix}history:{key}"
@@ -345,12 +362,14 @@ class RedisBroker:
         self._node_prefix = keys.node("")
         self._control_channel = keys.control(node_name).encode()
         self._epoch_channel = keys.epoch_channel.encode()
+        self._prices_channel = keys.prices_channel.encode()
 
         self.epoch = ""
         self.on_updates: Callable[[list[Update]], None] = _ignore
         self.on_control: Callable[[dict], None] = _ignore
         self.on_lost: Callable[[str], None] = _ignore
         self.on_restored: Callable[[], None] = _ignore
+        self.on_prices: Callable[[list], None] = _ignore
 
         self._run_id = ""
         self._listens: dict[str, _Listen] = {}
@@ -430,7 +449,7 @@ class RedisBroker:
         the waiting listens once Redis confirmed.
         """
         listens = [listen for listen in self._listens.values()]
-        channels = [self._control_channel, self._epoch_channel]
+        channels = [self._control_channel, self._epoch_channel, self._prices_channel]
         channels += [listen.channel for listen in listens]
         confirmations = [self._subscribe(protocol, channel) for channel in channels]
         d = _all(confirmations)
@@ -542,6 +561,13 @@ class RedisBroker:
             self._call(self.on_control, message)
         elif channel == self._epoch_channel:
             self._set_epoch(data.decode())
+        elif channel == self._prices_channel:
+            try:
+                ticks = [PriceTick.from_json(tick) for tick in orjson.loads(data)]
+            except Exception:
+                self.log.failure("Ignored malformed prices: {data!r}", data=data[:200])
+                return
+            self._call(self.on_prices, ticks)
 
     def _shared_update(self, number: int, at: float, rest: bytes) -> Update | None:
         r"""
@@ -935,6 +961,24 @@ class RedisBroker:
 
     def send_to_node(self, node: str, message: dict) -> Deferred:
         return self._commands.execute("PUBLISH", self.keys.control(node), orjson.dumps(message))
+
+    def record_prices(self, ticks: list) -> Deferred:
+        if not ticks:
+            return succeed([])
+        keys = self.keys
+        args: list[Any] = [keys.prices_channel]
+        for tick in ticks:
+            args += [tick.symbol, tick.seq, tick.to_json()]
+        return self._commands.evaluate(
+            PRICES, [keys.price_seqs, keys.prices], args
+        ).addCallback(lambda flags: [bool(int(flag)) for flag in flags])
+
+    def latest_prices(self) -> Deferred:
+        def read(reply: list) -> dict:
+            ticks = (PriceTick.from_json(orjson.loads(value)) for value in reply[1::2])
+            return {tick.symbol: tick for tick in ticks}
+
+        return self._commands.execute("HGETALL", self.keys.prices).addCallback(read)
 
     def acquire_lease(self, name: str, holder: str, ttl: float) -> Deferred:
         return self._commands.evaluate(

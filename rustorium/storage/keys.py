@@ -1,9 +1,43 @@
 """
 API key rows. Only a key's SHA-256 hash is stored; the key itself is shown
 once, when it is created.
+
+A key's scopes say what it may do, and are a set, not a ladder:
+
+- C{client}: open WebSocket sessions on C{/v1} (every key made before
+  scopes existed is one);
+- C{publish}: post prices to C{POST /api/v1/prices};
+- C{admin}: every HTTP API operation, publishing included.
+
+Only a key with C{client} opens a WebSocket session, whatever else it may
+do: an admin or feed key is a server-side secret, and one that could also
+open sessions would be tempting to paste into a browser or an app, where it
+leaks. A console that needs both asks for both (C{--scope client --scope
+admin}), knowingly.
 """
 
 import attrs
+
+CLIENT = "client"
+PUBLISH = "publish"
+ADMIN = "admin"
+SCOPES = (CLIENT, PUBLISH, ADMIN)
+"""Every scope, in the order they are listed."""
+
+
+def parse_scopes(text: str) -> frozenset[str]:
+    """
+    The scopes of a stored C{scopes} column (names separated by spaces;
+    names this server does not know are ignored).
+    """
+    return frozenset(scope for scope in text.split() if scope in SCOPES)
+
+
+def format_scopes(scopes: frozenset[str] | set[str]) -> str:
+    """
+    Scopes as stored and shown: space-separated, in L{SCOPES} order.
+    """
+    return " ".join(scope for scope in SCOPES if scope in scopes)
 
 
 @attrs.frozen
@@ -12,6 +46,7 @@ class ApiKey:
     An API key as the server knows it (never the key itself).
 
     @ivar addresses: the addresses this key may send transactions from.
+    @ivar scopes: what it may do (see the module docstring).
     """
 
     key_id: int
@@ -19,19 +54,53 @@ class ApiKey:
     addresses: frozenset[str]
     created_at: str
     revoked_at: str | None = None
+    scopes: frozenset[str] = frozenset({CLIENT})
 
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
 
+    def allows(self, scope: str) -> bool:
+        """
+        Whether the key may do what C{scope} grants: C{admin} grants
+        C{publish} too; C{client} is granted by nothing but itself.
+        """
+        return scope in self.scopes or (scope == PUBLISH and ADMIN in self.scopes)
 
-def insert_key(txn, key_hash: str, name: str, created_at: str, addresses: list[str]) -> int:
+    def describe(self) -> dict[str, object]:
+        """
+        The key as the HTTP API lists it: never the key itself.
+        """
+        return {
+            "id": self.key_id,
+            "name": self.name,
+            "scopes": [scope for scope in SCOPES if scope in self.scopes],
+            "addresses": sorted(self.addresses),
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+def insert_key(
+    txn,
+    key_hash: str,
+    name: str,
+    created_at: str,
+    addresses: list[str],
+    scopes: frozenset[str] | set[str] = frozenset({CLIENT}),
+) -> int:
     """
-    Store a new key and the addresses it controls; return its id.
+    Store a new key, its scopes and the addresses it controls; return its
+    id.
+
+    @raise ValueError: for no scope, or a scope this server does not know.
     """
+    unknown = set(scopes) - set(SCOPES)
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be some of {', '.join(SCOPES)}, not {sorted(scopes)}")
     txn.execute(
-        "INSERT INTO api_keys (key_hash, name, created_at) VALUES (?, ?, ?)",
-        (key_hash, name, created_at),
+        "INSERT INTO api_keys (key_hash, name, created_at, scopes) VALUES (?, ?, ?, ?)",
+        (key_hash, name, created_at, format_scopes(scopes)),
     )
     txn.execute("SELECT key_id FROM api_keys WHERE key_hash = ?", (key_hash,))
     (key_id,) = txn.fetchone()
@@ -40,6 +109,16 @@ def insert_key(txn, key_hash: str, name: str, created_at: str, addresses: list[s
             "INSERT INTO api_key_addresses (key_id, address) VALUES (?, ?)", (key_id, address)
         )
     return key_id
+
+
+_KEY_COLUMNS = "key_id, name, created_at, revoked_at, scopes"
+
+
+def _key(txn, row) -> ApiKey:
+    key_id, name, created_at, revoked_at, scopes = row
+    return ApiKey(
+        key_id, name, _addresses(txn, key_id), created_at, revoked_at, parse_scopes(scopes)
+    )
 
 
 def _addresses(txn, key_id: int) -> frozenset[str]:
@@ -52,23 +131,29 @@ def find_key(txn, key_hash: str) -> ApiKey | None:
     Look a key up by its hash.
     """
     txn.execute(
-        "SELECT key_id, name, created_at, revoked_at FROM api_keys WHERE key_hash = ?",
+        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?",
         (key_hash,),
     )
     row = txn.fetchone()
-    if row is None:
-        return None
-    key_id, name, created_at, revoked_at = row
-    return ApiKey(key_id, name, _addresses(txn, key_id), created_at, revoked_at)
+    return None if row is None else _key(txn, row)
+
+
+def find_key_by_id(txn, key_id: int) -> ApiKey | None:
+    """
+    Look a key up by its id.
+    """
+    txn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,))
+    row = txn.fetchone()
+    return None if row is None else _key(txn, row)
 
 
 def list_keys(txn) -> list[ApiKey]:
     """
     Every key, oldest first.
     """
-    txn.execute("SELECT key_id, name, created_at, revoked_at FROM api_keys ORDER BY key_id")
+    txn.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY key_id")
     rows = txn.fetchall()
-    return [ApiKey(k, n, _addresses(txn, k), c, r) for k, n, c, r in rows]
+    return [_key(txn, row) for row in rows]
 
 
 def revoke_key(txn, key_id: int, revoked_at: str) -> bool:

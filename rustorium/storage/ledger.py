@@ -144,6 +144,21 @@ def find_transaction(txn, transaction_id: str) -> TransactionRow | None:
     return None if row is None else _row(row)
 
 
+def transactions_of(txn, address: str, limit: int) -> list[TransactionRow]:
+    """
+    The last C{limit} transactions from or to C{address}, newest first (by
+    either index, sender's or recipient's, read backwards).
+    """
+    txn.execute(
+        f"SELECT {_COLUMNS} FROM transactions WHERE seq IN "
+        "(SELECT seq FROM transactions WHERE sender = ? ORDER BY seq DESC LIMIT ?) "
+        "OR seq IN (SELECT seq FROM transactions WHERE recipient = ? ORDER BY seq DESC LIMIT ?) "
+        "ORDER BY seq DESC LIMIT ?",
+        (address, limit, address, limit, limit),
+    )
+    return [_row(r) for r in txn.fetchall()]
+
+
 def load_ledger(txn, since: float) -> LedgerSnapshot:
     """
     Read the ledger's state; C{since} bounds the idempotency keys and the

@@ -1,7 +1,10 @@
 """
 The C{meta} table: named values the server keeps for itself (the message id
-reservation, the genesis it was initialised from).
+reservation, the genesis it was initialised from, a single node's last
+posted price of each market).
 """
+
+PRICE_PREFIX = "price:"
 
 
 def get_meta(txn, name: str) -> str | None:
@@ -22,3 +25,19 @@ def set_meta(txn, name: str, value: str) -> None:
         "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         (name, value),
     )
+
+
+def save_prices(txn, prices: dict[str, str]) -> None:
+    """
+    Keep the last posted price of some markets (by symbol, as JSON).
+    """
+    for symbol, tick in sorted(prices.items()):
+        set_meta(txn, PRICE_PREFIX + symbol, tick)
+
+
+def load_prices(txn) -> dict[str, str]:
+    """
+    The last posted price of each market that has one (by symbol, as JSON).
+    """
+    txn.execute("SELECT name, value FROM meta WHERE name LIKE ?", (PRICE_PREFIX + "%",))
+    return {name[len(PRICE_PREFIX):]: value for name, value in txn.fetchall()}

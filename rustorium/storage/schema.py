@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from .engines import IDatabaseEngine
 
-LATEST_VERSION = 3
+LATEST_VERSION = 4
 
 log = Logger()
 

@@ -28,6 +28,7 @@ from rustorium.broker import (
 )
 from rustorium.broker.redis import Keys, RedisBroker
 from rustorium.hub import Update, channel_key
+from rustorium.prices import PriceTick
 from rustorium.timestamps import isoformat
 
 from ..redis_server import RedisServer, free_port
@@ -994,6 +995,36 @@ def test_control_messages_reach_the_named_node(nodes):
     yield wait_until(lambda: two.control)
     assert two.control == [{"type": "give_up", "id": "sub_1"}]
     assert one.control == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_prices_are_accepted_in_sequence_cluster_wide(nodes):
+    """
+    A tick is accepted only above its market's last sequence number,
+    whichever node records it, also within one batch; every node hears of
+    each accepted batch, and the latest tick of each market is kept.
+    """
+    one = yield nodes("node-1")
+    two = yield nodes("node-2")
+    heard: dict[str, list] = {"one": [], "two": []}
+    one.broker.on_prices = heard["one"].append
+    two.broker.on_prices = heard["two"].append
+    flags = yield one.broker.record_prices([
+        PriceTick("MTK/USD", 100, 5, 1.0), PriceTick("MTK/USD", 90, 4, 1.0),
+        PriceTick("RST/USD", 7, 1, 1.0, 3), PriceTick("MTK/USD", 110, 6, 2.0),
+    ])
+    assert flags == [True, False, True, True]
+    assert (yield two.broker.record_prices([PriceTick("MTK/USD", 1, 6, 3.0)])) == [False]
+    assert (yield two.broker.record_prices([PriceTick("MTK/USD", 120, 2**53 - 1, 3.0)])) == [True]
+    yield wait_until(lambda: len(heard["one"]) == 2 and len(heard["two"]) == 2)
+    assert heard["one"] == heard["two"] == [
+        [PriceTick("MTK/USD", 100, 5, 1.0), PriceTick("RST/USD", 7, 1, 1.0, 3),
+         PriceTick("MTK/USD", 110, 6, 2.0)],
+        [PriceTick("MTK/USD", 120, 2**53 - 1, 3.0)],
+    ]
+    latest = yield one.broker.latest_prices()
+    assert latest == {"MTK/USD": PriceTick("MTK/USD", 120, 2**53 - 1, 3.0),
+                      "RST/USD": PriceTick("RST/USD", 7, 1, 1.0, 3)}
 
 
 @pytest_twisted.inlineCallbacks

@@ -6,6 +6,7 @@ site, each talked to by a real client over a real socket.
 
 from urllib.error import HTTPError
 
+import orjson
 import pytest
 import pytest_twisted
 from twisted.application.service import MultiService, Service
@@ -89,6 +90,7 @@ def test_mounted_in_a_site(tmp_path):
     api = Resource()
     root.putChild(b"api", api)
     api.putChild(b"ws", rustorium.websocket_resource())
+    api.putChild(b"http", rustorium.http_api_resource())
     listening = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
     rustorium.startService()
     try:
@@ -102,6 +104,12 @@ def test_mounted_in_a_site(tmp_path):
         with pytest.raises(HTTPError) as raised:
             yield threads.deferToThread(http_get, f"http://127.0.0.1:{port}/api/ws")
         assert raised.value.code == 426
+        document = yield threads.deferToThread(
+            http_get, f"http://127.0.0.1:{port}/api/http/openapi.json")
+        assert orjson.loads(document)["openapi"] == "3.1.0"
+        with pytest.raises(HTTPError) as raised:
+            yield threads.deferToThread(http_get, f"http://127.0.0.1:{port}/api/http/info")
+        assert raised.value.code == 401
     finally:
         yield rustorium.stopService()
         yield listening.stopListening()

@@ -25,6 +25,37 @@ def test_create_prints_key_last(database_url, capsys):
     assert found.addresses == frozenset({ADDRESS.lower()})
 
 
+def test_scopes(database_url, capsys):
+    """
+    A key is a client key unless --scope says otherwise; several --scope
+    flags make a key with each; the listing shows them.
+    """
+    url = database_url
+    engine = engine_from_url(url)
+    main(["keys", "create", "--database", url, "--create-database", "--name", "app"])
+    app = capsys.readouterr().out.splitlines()[-1]
+    main(["keys", "create", "--database", url, "--name", "feed", "--scope", "publish"])
+    out = capsys.readouterr().out
+    assert "scopes: publish" in out
+    feed = out.splitlines()[-1]
+    main(["keys", "create", "--database", url, "--name", "console",
+          "--scope", "admin", "--scope", "client"])
+    console = capsys.readouterr().out.splitlines()[-1]
+    assert run_blocking(engine, find_key, hash_key(app)).scopes == {"client"}
+    assert run_blocking(engine, find_key, hash_key(feed)).scopes == {"publish"}
+    assert run_blocking(engine, find_key, hash_key(console)).scopes == {"client", "admin"}
+    main(["keys", "list", "--database", url])
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[-1] for line in listing] == ["client", "publish", "client admin"]
+
+
+def test_unknown_scope(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["keys", "create", "--database", f"sqlite:{tmp_path / 'r.db'}",
+              "--scope", "root"])
+    assert "invalid choice: 'root'" in capsys.readouterr().err
+
+
 def test_list_and_revoke(database_url, capsys):
     url = database_url
     main(["keys", "create", "--database", url, "--create-database", "--name", "one"])

@@ -332,7 +332,9 @@ class TestCommands:
                                   "frame_rate": 500.0, "frame_burst": 2000,
                                   "max_backlog": 1048576, "handshake_timeout": 10.0,
                                   "max_connections": default_max_connections(),
-                                  "max_handshakes_per_address": 256}
+                                  "max_handshakes_per_address": 256,
+                                  "http_rate_limit": 20.0, "http_rate_burst": 100,
+                                  "http_max_body": 1048576}
         assert data["usage"] == {"subscriptions": 1, "rate_tokens": 8.0,
                                  "key_rate_tokens": 198.0}
         assert set(data["markets"]) == {"MTK/USD", "STK/USD", "RST/USD"}

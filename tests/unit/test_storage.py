@@ -27,11 +27,21 @@ from rustorium.storage import (
     run_blocking,
 )
 from rustorium.storage.engines import qmark_to_format
-from rustorium.storage.keys import find_key, insert_key, list_keys, revoke_key, revoked_among
+from rustorium.storage.keys import (
+    SCOPES,
+    find_key,
+    find_key_by_id,
+    insert_key,
+    list_keys,
+    revoke_key,
+    revoked_among,
+)
 from rustorium.storage.schema import LATEST_VERSION, current_version, prepare_schema
 
 OLD_SCHEMA = Path(__file__).parents[1] / "data" / "sqlite-only-schema"
 """The schema files as they were before PostgreSQL (SQLite-only SQL)."""
+OLD_LATEST = 3
+"""The last version the SQLite-only scripts made."""
 
 
 @pytest.fixture
@@ -249,6 +259,41 @@ class TestKeys:
         assert run_blocking(engine, find_key, hash_key("rk_x")).revoked
         assert run_blocking(engine, revoked_among, [key_id, 1, 999]) == {key_id, 999}
 
+    def test_scopes(self, engine):
+        """
+        A key's scopes are stored as given (client when not given); admin
+        allows publishing, but only client allows a WebSocket session.
+        """
+        prepare_database(engine, None)
+        plain = run_blocking(engine, insert_key, hash_key("rk_a"), "app", "now", [])
+        feed = run_blocking(engine, insert_key, hash_key("rk_f"), "feed", "now", [],
+                            {"publish"})
+        both = run_blocking(engine, insert_key, hash_key("rk_c"), "console", "now", [],
+                            {"admin", "client"})
+        keys = {k.key_id: k for k in run_blocking(engine, list_keys)}
+        assert keys[plain].scopes == {"client"}
+        assert keys[feed].scopes == {"publish"}
+        assert keys[both].scopes == {"admin", "client"}
+        assert run_blocking(engine, find_key_by_id, feed) == keys[feed]
+        assert run_blocking(engine, find_key_by_id, 999) is None
+        assert [keys[feed].allows(s) for s in SCOPES] == [False, True, False]
+        assert [keys[both].allows(s) for s in SCOPES] == [True, True, True]
+        assert [keys[plain].allows(s) for s in SCOPES] == [True, False, False]
+        with pytest.raises(ValueError):
+            run_blocking(engine, insert_key, hash_key("rk_x"), "x", "now", [], {"root"})
+        with pytest.raises(ValueError):
+            run_blocking(engine, insert_key, hash_key("rk_y"), "y", "now", [], set())
+
+    def test_keys_from_before_scopes_are_client_keys(self, sqlite_engine):
+        """
+        A key made before schema 4 is a client key after the upgrade.
+        """
+        engine = sqlite_engine
+        _old_database(engine.path, upto=OLD_LATEST)
+        prepare_database(engine, None)
+        (old,) = run_blocking(engine, list_keys)
+        assert old.name == "old" and old.scopes == {"client"}
+
     def test_ids_increase(self, engine):
         prepare_database(engine, None)
         ids = [run_blocking(engine, insert_key, hash_key(f"rk_{n}"), "bot", "now", [])
@@ -299,7 +344,7 @@ def test_upgrade_from_first_schema(sqlite_engine):
     assert [t.symbol for t in prepared.tokens] == ["T"]
     assert prepared.ledger.balances == {("0x" + "2" * 40, "0x" + "1" * 40): 1000}
     connection = engine.connect()
-    assert current_version(engine, connection.cursor()) == LATEST_VERSION == 3
+    assert current_version(engine, connection.cursor()) == LATEST_VERSION == 4
     assert connection.execute("SELECT COUNT(*) FROM transactions").fetchone() == (0,)
     assert connection.execute("SELECT amount, pending_out FROM balances").fetchall() == [
         ("1000", "0")
@@ -351,11 +396,12 @@ def test_portable_schema_makes_the_same_sqlite_tables(tmp_path, upgraded_from):
     """
     On SQLite the portable schema makes what the SQLite-only one made:
     the same columns with the same affinities, the same rowid keys and
-    indexes; so databases made before it need no upgrade, and those it
-    upgrades end up the same.
+    indexes; so databases made before it upgrade like any other, and
+    those it upgrades end up the same.
     """
     old, new, upgraded = (str(tmp_path / f"{n}.db") for n in ("old", "new", "upgraded"))
-    _old_database(old, upto=LATEST_VERSION)
+    _old_database(old, upto=OLD_LATEST)
+    prepare_database(engine_from_url(f"sqlite:{old}"), None)
     prepare_database(engine_from_url(f"sqlite:{new}"), None)
     _old_database(upgraded, upto=upgraded_from)
     prepare_database(engine_from_url(f"sqlite:{upgraded}"), None)
@@ -364,16 +410,16 @@ def test_portable_schema_makes_the_same_sqlite_tables(tmp_path, upgraded_from):
 
 def test_database_from_before_postgresql_keeps_working(sqlite_engine):
     """
-    A database at the latest schema made by the SQLite-only scripts serves
-    as before: start-up, keys, and the ledger's writes.
+    A database at the last schema made by the SQLite-only scripts is
+    upgraded and serves as before: start-up, keys, and the ledger's writes.
     """
     from rustorium.storage.ledger import TransactionRow, insert_transactions, write_block
 
     engine = sqlite_engine
-    _old_database(engine.path, upto=LATEST_VERSION)
+    _old_database(engine.path, upto=OLD_LATEST)
     prepared = prepare_database(engine, None)
     assert not prepared.demo_key_due
-    assert not os.path.exists(engine.path + f".v{LATEST_VERSION}.bak")
+    assert os.path.exists(engine.path + f".v{OLD_LATEST}.bak")
     key_id = run_blocking(engine, insert_key, hash_key("rk_new"), "new", "now", [])
     assert key_id == 2
     token, a, b = "0x" + "1" * 40, "0x" + "2" * 40, "0x" + "3" * 40
@@ -428,6 +474,30 @@ class TestLedgerRows:
         assert (found.status, found.block_number, found.confirmed_at) == (
             "confirmed", 1, confirmed_at)
         assert run_blocking(engine, find_transaction, "0x" + "9" * 64) is None
+
+    def test_an_addresss_transactions_newest_first(self, engine):
+        """
+        An address's transactions, sent or received, newest first, at most
+        the limit; others' are not among them.
+        """
+        from rustorium.storage.ledger import (
+            TransactionRow,
+            insert_transactions,
+            transactions_of,
+        )
+
+        prepared = prepare_database(engine, None)
+        run_blocking(engine, create_demo_key)
+        token = prepared.tokens[0].token_id
+        a, b, c = "0x" + "a" * 40, "0x" + "b" * 40, "0x" + "c" * 40
+        pairs = [(a, b), (b, a), (c, b), (a, a), (c, c)]
+        rows = [TransactionRow(n + 1, f"0x{n + 1:064x}", sender, recipient, token, 1,
+                               "pending", 1, None, 1.0)
+                for n, (sender, recipient) in enumerate(pairs)]
+        run_blocking(engine, insert_transactions, rows)
+        assert [r.seq for r in run_blocking(engine, transactions_of, a, 10)] == [4, 2, 1]
+        assert [r.seq for r in run_blocking(engine, transactions_of, b, 2)] == [3, 2]
+        assert run_blocking(engine, transactions_of, "0x" + "d" * 40, 10) == []
 
     def test_revoked_keys_rows_left_out(self, engine):
         """

@@ -7,6 +7,7 @@ import base64
 import os
 import struct
 
+import attrs
 import orjson
 import pytest
 from twisted.internet.address import IPv4Address
@@ -166,6 +167,25 @@ def test_revoked_key_refused(clock):
     peer = Peer(clock)
     peer.server.keys.revoked.add(KEY.key_id)
     assert status(peer.open()) == 401
+
+
+@pytest.mark.parametrize("scopes", [{"publish"}, {"admin"}, {"publish", "admin"}])
+def test_key_without_client_scope_refused(clock, scopes):
+    """
+    A publish or admin key that is not also a client key opens no session:
+    403 at the handshake.
+    """
+    peer = Peer(clock)
+    peer.server.keys.keys[GOOD_KEY] = attrs.evolve(KEY, scopes=frozenset(scopes))
+    assert status(peer.open()) == 403
+    assert peer.protocol.session is None
+    assert peer.server.connections_per_key[KEY.key_id] == 0
+
+
+def test_admin_key_that_is_also_a_client_key_connects(clock):
+    peer = Peer(clock)
+    peer.server.keys.keys[GOOD_KEY] = attrs.evolve(KEY, scopes=frozenset({"admin", "client"}))
+    assert status(peer.open()) == 101
 
 
 def test_not_ready(clock):
