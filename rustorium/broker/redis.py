@@ -303,6 +303,7 @@ class RedisBroker:
         id_block: int = 1_000_000,
         prefix: str = "rustorium:",
         reply_timeout: float = 5.0,
+        keepalive: float = 1.0,
         connect_timeout: float = 5.0,
         retry_delay: Callable[[int], float] | None = None,
         clock: Any = None,
@@ -326,6 +327,12 @@ class RedisBroker:
         @param id_block: how many numbers each reservation takes.
         @param reply_timeout: seconds to wait for a reply before the
             connection is taken as dead (and closed).
+        @param keepalive: seconds between PINGs on the subscriber
+            connection, which otherwise sends nothing: a Redis that stopped
+            answering (a network cut, say) is noticed within C{keepalive +
+            reply_timeout}, and this node's clients are told to resume
+            elsewhere (C{on_lost}) instead of waiting for updates that do
+            not come.
         @param clock: the C{IReactorTime} that dates publications and
             bounds the history's age (the reactor by default).
         """
@@ -373,7 +380,8 @@ class RedisBroker:
         )
         self._subscriber = RedisLink(
             reactor, self.address, "subscriber", self._subscriber_protocol,
-            self._subscriber_connected, self._link_ready, self._subscriber_lost, **link_options,
+            self._subscriber_connected, self._link_ready, self._subscriber_lost,
+            keepalive=keepalive, **link_options,
         )
 
     # Connections.

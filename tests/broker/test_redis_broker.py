@@ -816,6 +816,28 @@ def test_a_hung_redis_fails_commands_after_the_reply_timeout(nodes, redis_server
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_listener_notices_a_redis_that_stopped_answering(nodes, redis_server):
+    """
+    A node that only listens sends nothing on its pub/sub connection, so
+    a Redis gone silent (frozen here; a network cut looks the same: no
+    reset, nothing) would leave it waiting for updates that never come.
+    Its PINGs find out within the keepalive and the reply timeout: the
+    loss is reported (the node closes its clients so they resume
+    elsewhere), and the return.
+    """
+    node = yield nodes(reply_timeout=0.3)
+    yield node.broker.listen(MTK)
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        yield wait_until(lambda: node.events, timeout=5)
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    assert node.events[0][0] == "lost"
+    yield wait_until(lambda: ("restored",) in node.events)
+    assert node.broker.listening == {MTK: 1}
+
+
+@pytest_twisted.inlineCallbacks
 def test_start_fails_when_redis_cannot_be_reached(nodes):
     node = yield nodes(url=f"redis://127.0.0.1:{free_port()}/0", start=False)
     error = yield failure_of(node.broker.start())
