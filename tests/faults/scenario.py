@@ -67,9 +67,10 @@ def finish(cluster: FaultCluster, load: Workload, history: History,
     report = check_ledger(history, ledger)
     report.merge(check_streams(history, dumps))
     report.merge(check_nodes(cluster))
-    if report.violations and tmp_path is not None:
+    if tmp_path is not None:
         history.save(tmp_path / "history.jsonl")
-        report.fail(f"(history saved in {tmp_path / 'history.jsonl'})")
+        if report.violations:
+            report.fail(f"(history saved in {tmp_path / 'history.jsonl'})")
     return Outcome(history, ledger, dumps, report)
 
 
