@@ -806,7 +806,20 @@ class RedisBroker:
                     )
             return CurrentState(snapshots, int(reply[2]))
 
-        return self._numbered(CURRENT_STATE, script_keys, []).addCallback(read)
+        d = self._numbered(CURRENT_STATE, script_keys, []).addCallback(read)
+        return d.addCallback(self._caught_up)
+
+    def _caught_up(self, result: Any) -> Deferred:
+        """
+        Fire with C{result} once the subscriber connection has handed over
+        every update Redis sent it before now. A script's reply comes on the
+        command connection, while the updates numbered before it may still
+        be on their way on the other: held back by a feed until the read,
+        they would otherwise arrive after it, live, and be sent twice (once
+        replayed) or out of order (after the current state). A PING on the
+        subscriber connection, answered after them, is the barrier.
+        """
+        return self._subscriber.execute("PING").addCallback(lambda _: result)
 
     @inlineCallbacks
     def replay(self, starts: dict[str, int]) -> Any:
@@ -825,6 +838,7 @@ class RedisBroker:
         else:
             raise NumberingFailed("Redis kept losing its data while reading a replay")
         self._set_epoch(reply[1].decode())
+        yield self._caught_up(None)
         horizon = int(reply[2])
         base = int(reply[3])
         prepare = self._prepare

@@ -158,8 +158,11 @@ class SubscriberProtocol(CommandProtocol):
     A connection in pub/sub mode. Messages go to C{receiver.message(channel,
     data)}; once everything read at once is handed over,
     C{receiver.received()} is called, so the receiver can deliver a batch.
-    Other replies (subscription confirmations) answer the commands in order:
-    send one channel per SUBSCRIBE so each command has one reply.
+    Other replies (subscription confirmations, PINGs) answer the commands in
+    order: send one channel per SUBSCRIBE so each command has one reply.
+    The messages read before a reply are delivered before its command's
+    Deferred fires, so a PING answered is a barrier: every message Redis
+    sent before it has been handed over.
     """
 
     receiver: Any
@@ -173,6 +176,7 @@ class SubscriberProtocol(CommandProtocol):
             if type(reply) is list and reply[0] == b"message":
                 receiver.message(reply[1], reply[2])
             else:
+                receiver.received()
                 self.replyQueue.put(reply)
             reply = reader.gets()
         receiver.received()
