@@ -18,7 +18,6 @@ from urllib.error import HTTPError, URLError
 from urllib.request import urlopen
 
 import attrs
-import psycopg
 
 from rustorium.apikeys import generate_key, hash_key
 from rustorium.bootstrap import prepare_database
@@ -428,28 +427,30 @@ class LedgerSnapshot:
 
 
 def read_ledger(url: str) -> LedgerSnapshot:
-    with psycopg.connect(url, connect_timeout=10) as connection:
+    """
+    The ledger in the database at C{url} (PostgreSQL or SQLite).
+    """
+
+    def read(cursor) -> tuple:
+        cursor.execute(
+            "SELECT seq, transaction_id, sender, recipient, token_id, amount, status, "
+            "idempotency_key, block_number FROM transactions ORDER BY seq"
+        )
         transactions = [
             StoredTransaction(seq, tid, sender, recipient, token, int(amount), status, key,
                               block)
-            for seq, tid, sender, recipient, token, amount, status, key, block in
-            connection.execute(
-                "SELECT seq, transaction_id, sender, recipient, token_id, amount, status, "
-                "idempotency_key, block_number FROM transactions ORDER BY seq"
-            )
+            for seq, tid, sender, recipient, token, amount, status, key, block
+            in cursor.fetchall()
         ]
-        balances = {
-            (address, token): (int(amount), int(pending))
-            for address, token, amount, pending in connection.execute(
-                "SELECT address, token_id, amount, pending_out FROM balances"
-            )
-        }
-        supply = {token: int(total) for token, total in connection.execute(
-            "SELECT token_id, total_supply FROM tokens"
-        )}
-        blocks = list(connection.execute(
-            "SELECT block_number, timestamp FROM blocks ORDER BY block_number"
-        ))
+        cursor.execute("SELECT address, token_id, amount, pending_out FROM balances")
+        balances = {(address, token): (int(amount), int(pending))
+                    for address, token, amount, pending in cursor.fetchall()}
+        cursor.execute("SELECT token_id, total_supply FROM tokens")
+        supply = {token: int(total) for token, total in cursor.fetchall()}
+        cursor.execute("SELECT block_number, timestamp FROM blocks ORDER BY block_number")
+        return transactions, balances, supply, [tuple(row) for row in cursor.fetchall()]
+
+    transactions, balances, supply, blocks = run_blocking(engine_from_url(url), read)
     genesis_balances = {
         (address, token.token_id): token.balance * 10**token.decimals
         for token in TOKENS for address in SENDERS

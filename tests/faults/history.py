@@ -12,7 +12,8 @@ Each event has C{t} (seconds on the monotonic clock) and C{kind}:
   (C{node}), C{connect_failed} (C{node}, C{status} of a refused handshake or
   C{error}), C{sent} (C{message}), C{received} (C{message}: every message
   but heartbeats), C{live} (its subscriptions made or resumed), C{closed}
-  (C{code}, C{reason}, C{by}: C{"server"} or C{"client"}).
+  (C{code}, C{reason}, C{by}: C{"server"}, C{"client"}, or C{"network"} when
+  the test severed it).
 - Senders (C{sender}, C{op}: the transfer's number, C{attempt}):
   C{invoke} (C{node}, C{request}: its data, idempotency key included),
   C{reply} (C{message}), C{lost} (C{error}: no reply, the outcome unknown),

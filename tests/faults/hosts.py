@@ -56,8 +56,11 @@ class NamespaceHost:
     @staticmethod
     def check() -> str | None:
         """
-        Why namespaces cannot be used here, or C{None} if they can.
+        Why namespaces cannot be used here, or C{None} if they can
+        (C{RUSTORIUM_FAULTS_NETNS=0} forbids them, to try the fallback).
         """
+        if os.environ.get("RUSTORIUM_FAULTS_NETNS") == "0":
+            return "RUSTORIUM_FAULTS_NETNS=0"
         if os.geteuid() != 0:
             return "network namespaces need root"
         if shutil.which("ip") is None:

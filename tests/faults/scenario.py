@@ -18,6 +18,8 @@ from tests.faults.workload import Workload
 
 SUBSCRIBERS = 6
 SEND_INTERVAL = 0.1
+WARM_UP = 150
+"""Transfers acknowledged before a fault: a few seconds of steady load."""
 
 UNHANDLED = re.compile(r"Unhandled [Ee]rror|Unhandled error in Deferred")
 
@@ -40,6 +42,14 @@ def workload(cluster: FaultCluster, history: History, subscribers: int = SUBSCRI
     for n in range(readers):
         load.reader(f"reader-{n}", urls[n % len(urls)])
     return load
+
+
+def warm_up(load: Workload) -> None:
+    """
+    Wait until every subscriber is live and the load steady.
+    """
+    assert load.wait_live(30), "the subscribers did not all connect"
+    load.wait_acknowledged(WARM_UP)
 
 
 @attrs.define

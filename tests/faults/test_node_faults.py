@@ -20,7 +20,7 @@ from tests.faults.plant import (
     lose_acknowledged,
     swap_updates,
 )
-from tests.faults.scenario import Outcome, finish, resumes_after, wait_for, workload
+from tests.faults.scenario import Outcome, finish, resumes_after, wait_for, warm_up, workload
 
 NODES = ["node-a", "node-b", "node-c"]
 
@@ -69,8 +69,7 @@ def test_sigkill_of_a_node_under_load(cluster, tmp_path, figures):
     cluster.start(NODES)
     history = History()
     load = workload(cluster, history).start()
-    assert load.wait_live(30)
-    load.wait_acknowledged(60)
+    warm_up(load)
     killed_at = history.fault("SIGKILL node-b")
     cluster.nodes["node-b"].stop(signal.SIGKILL)
     assert load.wait_live(60), "the killed node's clients did not resume elsewhere"
@@ -101,8 +100,7 @@ def test_sigkill_of_the_block_producer_mid_burst(cluster, tmp_path, figures):
     assert cluster.leader() == "node-a"
     history = History()
     load = workload(cluster, history, interval=0.03).start()
-    assert load.wait_live(30)
-    load.wait_acknowledged(100)
+    warm_up(load)
     blocks_before = len(cluster.ledger().blocks)
     killed_wall = time.time()
     killed_at = history.fault("SIGKILL node-a (the block producer)")
@@ -137,8 +135,7 @@ def test_rolling_restart(cluster, tmp_path, figures):
     cluster.start(NODES)
     history = History()
     load = workload(cluster, history).start()
-    assert load.wait_live(30)
-    load.wait_acknowledged(50)
+    warm_up(load)
     stops = []
     for name in NODES:
         node = cluster.nodes[name]
@@ -176,8 +173,7 @@ def test_sigterm_during_a_transfer_burst(cluster, tmp_path, figures):
     cluster.start(NODES)
     history = History()
     load = workload(cluster, history, interval=0.0).start()
-    assert load.wait_live(30)
-    load.wait_acknowledged(150)
+    warm_up(load)
     stopped_at = history.fault("SIGTERM node-a (the block producer) mid-burst")
     status = cluster.nodes["node-a"].stop(signal.SIGTERM)
     exited_after = time.monotonic() - stopped_at

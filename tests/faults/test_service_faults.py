@@ -12,7 +12,7 @@ from websockets.sync.client import connect
 
 from tests.faults.checker import close_codes, refused_handshakes
 from tests.faults.history import History
-from tests.faults.scenario import finish, resumes_after, wait_for, workload
+from tests.faults.scenario import finish, resumes_after, wait_for, warm_up, workload
 from tests.faults.test_node_faults import NODES, _seconds, _summary
 
 HEARTBEAT_TIMEOUT = 10.0
@@ -58,8 +58,7 @@ def test_redis_killed_and_restarted_empty(cluster, tmp_path, figures):
     cluster.start(NODES)
     history = History()
     load = workload(cluster, history).start()
-    assert load.wait_live(30)
-    load.wait_acknowledged(50)
+    warm_up(load)
     dumps = [cluster.dump_redis()]
     killed_at = history.fault("SIGKILL Redis")
     cluster.redis.kill()
@@ -115,8 +114,7 @@ def test_postgresql_stopped_and_crashed(cluster, tmp_path, figures):
     cluster.start(NODES)
     history = History()
     load = workload(cluster, history, readers=2).start()
-    assert load.wait_live(30)
-    load.wait_acknowledged(50)
+    warm_up(load)
     postgres = cluster.postgres
     nodes = list(cluster.nodes.values())
     outages = []
@@ -180,8 +178,7 @@ def test_a_node_cut_off_from_redis_and_postgresql(host_cluster, namespace_host, 
     victim = cluster.nodes["node-c"]
     history = History()
     load = workload(cluster, history).start()
-    assert load.wait_live(30)
-    load.wait_acknowledged(50)
+    warm_up(load)
     if host is not None:
         how = "network namespace: node-c's link to Redis and PostgreSQL cut"
         cut, heal = host.cut, host.heal

@@ -169,6 +169,9 @@ class Subscriber:
         self.last: str | None = None
         self.live = False
         self.connections = 0
+        self.connection: _Connection | None = None
+        self._away_until = 0.0
+        self._severed = False
 
     def _update(self, message: dict) -> None:
         self.last = message["id"]
@@ -179,6 +182,7 @@ class Subscriber:
         url = self.first
         attempt = 0
         while not workload.stopping.is_set():
+            await workload.sleep(self._away_until - time.monotonic())
             self.connections += 1
             who = {"client": self.name, "conn": self.connections}
             try:
@@ -190,7 +194,7 @@ class Subscriber:
                 url = self.random.choice(workload.urls)
                 continue
             history.record("connect", **who, node=url)
-            connection = _Connection(ws, history, who, self._update)
+            connection = self.connection = _Connection(ws, history, who, self._update)
             by = "server"
             try:
                 await self._establish(connection)
@@ -210,7 +214,10 @@ class Subscriber:
                     history.record("gave_up_connection", **who, error=repr(e))
             finally:
                 self.live = False
+                self.connection = None
                 await connection.close()
+            if self._severed:
+                by, self._severed = "network", False
             code = ws.close_code
             history.record("closed", **who, code=code, reason=ws.close_reason, by=by)
             if workload.stopping.is_set():
@@ -224,6 +231,16 @@ class Subscriber:
                 attempt += 1
                 await workload.sleep(backoff(attempt, self.random.random))
             url = self.random.choice(workload.urls)
+
+    def sever(self, away: float) -> None:
+        """
+        Drop the connection as a network failure would (no closing
+        handshake), and stay away for C{away} seconds.
+        """
+        self._away_until = time.monotonic() + away
+        if self.connection is not None:
+            self._severed = True
+            self.connection.ws.transport.abort()
 
     async def _establish(self, connection: _Connection) -> None:
         """
@@ -464,6 +481,14 @@ class Workload:
         tasks = [asyncio.ensure_future(c.run())
                  for c in (*self.subscribers, *self.senders, *self.readers)]
         await asyncio.gather(*tasks)
+
+    def sever(self, name: str, away: float = 0.0) -> None:
+        """
+        Drop subscriber C{name}'s connection abruptly; it reconnects after
+        C{away} seconds at the soonest.
+        """
+        (subscriber,) = [s for s in self.subscribers if s.name == name]
+        self._loop.call_soon_threadsafe(subscriber.sever, away)
 
     def wait_live(self, timeout: float = 60.0) -> bool:
         """
