@@ -291,7 +291,9 @@ class IBroker(Interface):
     def current_state(keys: list[str]) -> Deferred[CurrentState]:
         """
         The latest values of C{keys} as snapshot updates, renumbered, and
-        the horizon, read atomically.
+        the horizon, read atomically. Fires only once every update numbered
+        up to the horizon, of the keys this node listens to, has been handed
+        to C{on_updates}: nothing older than the read can arrive after it.
 
         To subscribe without a gap or a duplicate: L{listen} to the keys,
         hold what arrives, read the current state, send the held updates of
@@ -303,7 +305,9 @@ class IBroker(Interface):
     def replay(starts: dict[str, int]) -> Deferred[ReplayResult]:
         """
         For each key, its retained updates numbered above its start, what
-        may be missing, and the horizon, read atomically.
+        may be missing, and the horizon, read atomically. Fires only once
+        every update numbered up to the horizon, of the keys this node
+        listens to, has been handed to C{on_updates} (as L{current_state}).
 
         To resume without a gap or a duplicate: L{listen} to the keys, hold
         what arrives, read the replay, send it merged by number, then the

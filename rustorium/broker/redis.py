@@ -320,6 +320,7 @@ class RedisBroker:
         id_block: int = 1_000_000,
         prefix: str = "rustorium:",
         reply_timeout: float = 5.0,
+        keepalive: float = 1.0,
         connect_timeout: float = 5.0,
         retry_delay: Callable[[int], float] | None = None,
         clock: Any = None,
@@ -343,6 +344,12 @@ class RedisBroker:
         @param id_block: how many numbers each reservation takes.
         @param reply_timeout: seconds to wait for a reply before the
             connection is taken as dead (and closed).
+        @param keepalive: seconds between PINGs on the subscriber
+            connection, which otherwise sends nothing: a Redis that stopped
+            answering (a network cut, say) is noticed within C{keepalive +
+            reply_timeout}, and this node's clients are told to resume
+            elsewhere (C{on_lost}) instead of waiting for updates that do
+            not come.
         @param clock: the C{IReactorTime} that dates publications and
             bounds the history's age (the reactor by default).
         """
@@ -392,7 +399,8 @@ class RedisBroker:
         )
         self._subscriber = RedisLink(
             reactor, self.address, "subscriber", self._subscriber_protocol,
-            self._subscriber_connected, self._link_ready, self._subscriber_lost, **link_options,
+            self._subscriber_connected, self._link_ready, self._subscriber_lost,
+            keepalive=keepalive, **link_options,
         )
 
     # Connections.
@@ -824,7 +832,20 @@ class RedisBroker:
                     )
             return CurrentState(snapshots, int(reply[2]))
 
-        return self._numbered(CURRENT_STATE, script_keys, []).addCallback(read)
+        d = self._numbered(CURRENT_STATE, script_keys, []).addCallback(read)
+        return d.addCallback(self._caught_up)
+
+    def _caught_up(self, result: Any) -> Deferred:
+        """
+        Fire with C{result} once the subscriber connection has handed over
+        every update Redis sent it before now. A script's reply comes on the
+        command connection, while the updates numbered before it may still
+        be on their way on the other: held back by a feed until the read,
+        they would otherwise arrive after it, live, and be sent twice (once
+        replayed) or out of order (after the current state). A PING on the
+        subscriber connection, answered after them, is the barrier.
+        """
+        return self._subscriber.execute("PING").addCallback(lambda _: result)
 
     @inlineCallbacks
     def replay(self, starts: dict[str, int]) -> Any:
@@ -843,6 +864,7 @@ class RedisBroker:
         else:
             raise NumberingFailed("Redis kept losing its data while reading a replay")
         self._set_epoch(reply[1].decode())
+        yield self._caught_up(None)
         horizon = int(reply[2])
         base = int(reply[3])
         prepare = self._prepare

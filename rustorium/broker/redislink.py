@@ -25,6 +25,7 @@ import txredisapi
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -157,8 +158,11 @@ class SubscriberProtocol(CommandProtocol):
     A connection in pub/sub mode. Messages go to C{receiver.message(channel,
     data)}; once everything read at once is handed over,
     C{receiver.received()} is called, so the receiver can deliver a batch.
-    Other replies (subscription confirmations) answer the commands in order:
-    send one channel per SUBSCRIBE so each command has one reply.
+    Other replies (subscription confirmations, PINGs) answer the commands in
+    order: send one channel per SUBSCRIBE so each command has one reply.
+    The messages read before a reply are delivered before its command's
+    Deferred fires, so a PING answered is a barrier: every message Redis
+    sent before it has been handed over.
     """
 
     receiver: Any
@@ -172,6 +176,7 @@ class SubscriberProtocol(CommandProtocol):
             if type(reply) is list and reply[0] == b"message":
                 receiver.message(reply[1], reply[2])
             else:
+                receiver.received()
                 self.replyQueue.put(reply)
             reply = reader.gets()
         receiver.received()
@@ -202,6 +207,13 @@ class RedisLink:
     C{on_lost} is called with the reason and the link reconnects at once,
     then with backoff.
 
+    A connection that only listens (pub/sub) would never notice that Redis
+    stopped answering: cut off by the network, it waits in silence for
+    messages that no longer come. With C{keepalive}, a usable connection
+    sends a PING that often; one unanswered within the reply timeout closes
+    it, as any command would (txredisapi's C{replyTimeout}), and so the
+    link is lost.
+
     @ivar protocol: the usable connection, or C{None}.
     """
 
@@ -218,7 +230,12 @@ class RedisLink:
         on_lost: Callable[[str], None],
         connect_timeout: float = 5.0,
         retry_delay: Callable[[int], float] = backoff,
+        keepalive: float | None = None,
     ) -> None:
+        """
+        @param keepalive: seconds between PINGs on a usable connection
+            (C{None}: none are sent).
+        """
         self._reactor = reactor
         self.address = address
         self.name = name
@@ -230,6 +247,9 @@ class RedisLink:
         self._on_ready = on_ready
         self._on_lost = on_lost
         self._retry_delay = retry_delay
+        self._keepalive = keepalive
+        self._pinging: LoopingCall | None = None
+        self._ping: Deferred | None = None
         self.protocol: CommandProtocol | None = None
         self._connection: CommandProtocol | None = None
         self._attempt: Deferred | None = None
@@ -256,6 +276,7 @@ class RedisLink:
         Stop reconnecting and close the connection, without C{on_lost}.
         """
         self._running = False
+        self._stop_pinging()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -302,6 +323,7 @@ class RedisLink:
             protocol.transport.loseConnection()
             return
         self.protocol = protocol
+        self._start_pinging(protocol)
         self.log.info("Redis {name} link to {address} is up", name=self.name, address=self.address)
         first, self._first = self._first, None
         if first is not None:
@@ -337,6 +359,7 @@ class RedisLink:
         self._connection = None
         usable = protocol is self.protocol
         self.protocol = None
+        self._stop_pinging()
         if not self._running:
             stopped, self._stopped = self._stopped, None
             if stopped is not None:
@@ -352,6 +375,30 @@ class RedisLink:
             self._on_lost(self.down_reason)
         # A connection lost while being prepared fails its preparation,
         # which schedules the retry.
+
+    def _start_pinging(self, protocol: CommandProtocol) -> None:
+        if self._keepalive is None:
+            return
+        self._stop_pinging()
+        self._pinging = LoopingCall(self._send_ping, protocol)
+        self._pinging.clock = self._reactor
+        self._pinging.start(self._keepalive, now=False)
+
+    def _stop_pinging(self) -> None:
+        if self._pinging is not None and self._pinging.running:
+            self._pinging.stop()
+        self._pinging = None
+        self._ping = None
+
+    def _send_ping(self, protocol: CommandProtocol) -> None:
+        """
+        PING, unless the last one is still unanswered (its reply timeout
+        will close the connection).
+        """
+        if protocol is not self.protocol or (self._ping is not None and not self._ping.called):
+            return
+        # A failure is the connection's loss, which lost() handles.
+        self._ping = execute(protocol, self.address, "PING").addErrback(lambda _: None)
 
     def _require(self) -> CommandProtocol:
         protocol = self.protocol

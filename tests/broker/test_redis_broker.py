@@ -576,6 +576,37 @@ def test_an_event_of_several_keys_is_in_each_history(nodes, raw):
     assert result.lost == {ADDRESS: None, RECIPIENT: (event.number, event.number)}
 
 
+@pytest.mark.parametrize("read", ["replay", "current_state"])
+@pytest_twisted.inlineCallbacks
+def test_a_read_fires_after_the_updates_it_covers_arrived(nodes, read):
+    """
+    A replay or current state comes on the command connection, the live
+    updates on the subscriber connection, which may lag: the read fires
+    only once every update numbered up to its horizon has reached
+    on_updates, so that a feed holding live updates back until the read
+    never gets one of them after it (sent twice, or out of order). Here
+    the subscriber connection stops reading for a moment.
+    """
+    publisher = yield nodes("node-1")
+    listener = yield nodes("node-2")
+    yield listener.broker.listen(MTK)
+    (first,) = yield publisher.broker.publish([tick(MTK, "1")])
+    yield wait_until(lambda: len(listener.updates) == 1)
+    transport = listener.broker._subscriber.protocol.transport
+    transport.pauseProducing()
+    (late,) = yield publisher.broker.publish([tick(MTK, "2")])
+    reactor.callLater(0.3, transport.resumeProducing)
+    if read == "replay":
+        d = listener.broker.replay({MTK: first.number})
+    else:
+        d = listener.broker.current_state([MTK])
+    arrived = []
+    d.addCallback(lambda result: arrived.extend(u.number for u in listener.updates) or result)
+    result = yield d
+    assert result.horizon >= late.number
+    assert arrived == [first.number, late.number]
+
+
 @pytest_twisted.inlineCallbacks
 def test_replay_of_a_key_never_published(nodes):
     node = yield nodes()
@@ -818,6 +849,28 @@ def test_a_hung_redis_fails_commands_after_the_reply_timeout(nodes, redis_server
     yield wait_until(lambda: node.broker._commands.protocol not in (None, old))
     (update,) = yield node.broker.publish([tick(MTK, "2")])
     assert update.number > 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_listener_notices_a_redis_that_stopped_answering(nodes, redis_server):
+    """
+    A node that only listens sends nothing on its pub/sub connection, so
+    a Redis gone silent (frozen here; a network cut looks the same: no
+    reset, nothing) would leave it waiting for updates that never come.
+    Its PINGs find out within the keepalive and the reply timeout: the
+    loss is reported (the node closes its clients so they resume
+    elsewhere), and the return.
+    """
+    node = yield nodes(reply_timeout=0.3)
+    yield node.broker.listen(MTK)
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        yield wait_until(lambda: node.events, timeout=5)
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+    assert node.events[0][0] == "lost"
+    yield wait_until(lambda: ("restored",) in node.events)
+    assert node.broker.listening == {MTK: 1}
 
 
 @pytest_twisted.inlineCallbacks
