@@ -576,6 +576,27 @@ def check_streams(history: History, dumps: Sequence[RedisDump]) -> Report:
     return report
 
 
+def unpublished_events(history: History, dumps: Sequence[RedisDump],
+                       ledger: LedgerSnapshot) -> dict[str, int]:
+    """
+    Stored transfers whose C{pending} or C{confirmed} update was never
+    published (not a gap in any stream: nobody could receive it). The node
+    that stored or confirmed a transfer publishes its update after the
+    commit: if it dies in between, or Redis is away, there is none, and a
+    client learns the status only from C{get_transaction}.
+    """
+    _, _, data_of = _truth(history, dumps, Report())
+    published = {(d["transaction_id"], d["status"]) for d in data_of.values()
+                 if d["channel"] == "transaction_updates"}
+    return {
+        "pending never published": sum((t.transaction_id, "pending") not in published
+                                       for t in ledger.transactions),
+        "confirmed never published": sum((t.transaction_id, "confirmed") not in published
+                                         for t in ledger.transactions
+                                         if t.status == "confirmed"),
+    }
+
+
 def _blame(client: _Client, n: int) -> str:
     before = [r for r in client.resumes if r["recovered"]]
     if before:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import attrs
 
-from tests.faults.checker import Report, check_ledger, check_streams
+from tests.faults.checker import Report, check_ledger, check_streams, unpublished_events
 from tests.faults.cluster import SENDERS, FaultCluster, LedgerSnapshot, RedisDump
 from tests.faults.history import History
 from tests.faults.workload import Workload
@@ -77,6 +77,7 @@ def finish(cluster: FaultCluster, load: Workload, history: History,
     report = check_ledger(history, ledger)
     report.merge(check_streams(history, dumps))
     report.merge(check_nodes(cluster))
+    report.figures.update(unpublished_events(history, dumps, ledger))
     if tmp_path is not None:
         history.save(tmp_path / "history.jsonl")
         if report.violations:

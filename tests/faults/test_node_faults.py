@@ -222,4 +222,6 @@ def _summary(outcome: Outcome) -> dict:
         "lost": f["transfers lost"] + f["updates lost"],
         "duplicated": f["transfers duplicated"] + f["updates duplicated"],
         "reconnects": f["reconnects"], "recovered %": f["recovered %"],
+        "events never published": f["pending never published"]
+        + f["confirmed never published"],
     }

@@ -11,7 +11,8 @@ update's id and its subscription ids) if it has subscriptions, subscribes
 to whatever it lacks (expired ones), and always subscribes to
 C{market_data} last, so that the current state sent then marks where its
 new subscriptions start (L{tests.faults.checker} relies on that). It
-answers heartbeats. When a connection closes it reconnects to any node: at
+answers heartbeats. When a connection closes it reconnects to another
+node (as a load balancer checking the nodes' health would send it): at
 once after a 42xx close code, else after the client library's backoff
 (first retry 1 to 2 s, doubling, at most 30 s), never after a 40xx code.
 """
@@ -191,7 +192,7 @@ class Subscriber:
                 history.record("connect_failed", **who, node=url, **_connect_failure(e))
                 attempt += 1
                 await workload.sleep(backoff(attempt, self.random.random))
-                url = self.random.choice(workload.urls)
+                url = workload.another(url, self.random)
                 continue
             history.record("connect", **who, node=url)
             connection = self.connection = _Connection(ws, history, who, self._update)
@@ -230,7 +231,7 @@ class Subscriber:
             else:
                 attempt += 1
                 await workload.sleep(backoff(attempt, self.random.random))
-            url = self.random.choice(workload.urls)
+            url = workload.another(url, self.random)
 
     def sever(self, away: float) -> None:
         """
@@ -319,7 +320,7 @@ class Sender:
                                         **_connect_failure(e))
                 attempt += 1
                 await workload.sleep(backoff(attempt, self.random.random))
-                self.url = self.random.choice(workload.urls)
+                self.url = workload.another(self.url, self.random)
         return None
 
     async def run(self) -> None:
@@ -362,7 +363,7 @@ class Sender:
                 if self.workload.stopping.is_set():
                     history.record("abandoned", **who)
                     return
-                self.url = self.random.choice(self.workload.urls)
+                self.url = self.workload.another(self.url, self.random)
                 continue
             history.record("reply", **who, attempt=attempt, message=reply)
             self.acknowledged += 1
@@ -431,6 +432,14 @@ class Workload:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._error: BaseException | None = None
+
+    def another(self, url: str, rng: random.Random) -> str:
+        """
+        A node to reconnect to: any but the one just left, as a load
+        balancer checking the nodes' health would choose (the same one
+        when it is the only one).
+        """
+        return rng.choice([u for u in self.urls if u != url] or self.urls)
 
     def subscriber(self, name: str, url: str) -> Subscriber:
         subscriber = Subscriber(self, name, url)
