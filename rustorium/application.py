@@ -426,8 +426,12 @@ class Application:
         return d.addCallback(self._server_info)
 
     def _with_this_node(self, nodes: list[dict]) -> list[dict]:
-        if self.describe_node is not None and not any(n.get("name") == self.node for n in nodes):
-            nodes = [*nodes, self.describe_node()]
+        """
+        The registry's nodes, with this one as it is now rather than as it
+        last announced itself (listed even before its first announcement).
+        """
+        if self.describe_node is not None:
+            nodes = [n for n in nodes if n.get("name") != self.node] + [self.describe_node()]
         return sorted(nodes, key=lambda node: node.get("name", ""))
 
     def _server_info(self, nodes: list[dict]) -> dict[str, object]:

@@ -263,6 +263,10 @@ SETTINGS: tuple[Setting, ...] = (
             "HTTP API requests an API key may make at once (token bucket size)."),
     Setting("http-max-body", _count,
             "Largest HTTP API request body in bytes; larger ones get 413."),
+    Setting("console", _boolean,
+            "Serve the operator console at /admin/ (sign in with an admin key)."),
+    Setting("console-session-lifetime", _positive_seconds,
+            "Seconds a console sign-in lasts before the browser must sign in again."),
     Setting("key-check-interval", _positive_seconds,
             "Seconds between checks for revoked API keys of open connections."),
     Setting("tls-reload-interval", _positive_seconds,
@@ -320,6 +324,8 @@ class Settings:
     http_rate_limit: float = 20.0
     http_rate_burst: int = 100
     http_max_body: int = 1048576
+    console: bool = True
+    console_session_lifetime: float = 8 * 3600.0
     key_check_interval: float = 5.0
     tls_reload_interval: float = 10.0
     tls_reload_signal: bool = True

@@ -211,11 +211,24 @@ class HttpApi(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, server: Server, document: dict | None = None) -> None:
+    def __init__(
+        self,
+        server: Server,
+        document: dict | None = None,
+        authenticate: Callable[[http.Request], Any] | None = None,
+    ) -> None:
+        """
+        @param authenticate: how a request proves its key: by default
+            C{Authorization: Bearer KEY}; the operator console
+            (L{rustorium.console}) mounts the same API with its session
+            cookie instead. Called with the request, it returns (or fires
+            with) the L{ApiKey}, or raises L{RequestError} (401, 403).
+        """
         super().__init__()
         self._server = server
         self._app = server.app
         self._openapi = orjson.dumps(document if document is not None else load_document())
+        self._authenticate_request = authenticate or self._authenticate
 
     def render(self, request: http.Request) -> Any:
         request.operation = "unknown"
@@ -293,7 +306,7 @@ class HttpApi(Resource):
         if getattr(request, "body_too_large", False):
             raise RequestError(HttpErrorCode.PAYLOAD_TOO_LARGE,
                                f"the body is larger than {server.settings.http_max_body} bytes")
-        api_key = await self._authenticate(request)
+        api_key = await maybeDeferred(self._authenticate_request, request)
         if not api_key.allows(route.scope):
             raise RequestError(
                 ErrorCode.FORBIDDEN,

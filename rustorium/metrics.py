@@ -64,8 +64,10 @@ class ServerCollector:
         yield _counter("rustorium_messages_received", "Client messages, by type.", "type",
                        counters.received)
         yield _counter("rustorium_replies_sent", "Replies sent, by type.", "type", counters.sent)
+        delivered = Counter(server.app.fanout.deliveries)
+        delivered.subtract(counters.console_deliveries)
         yield _counter("rustorium_updates_delivered", "Updates handed to connections, by channel.",
-                       "channel", server.app.fanout.deliveries)
+                       "channel", delivered)
         yield _counter("rustorium_errors", "Error replies, by code.", "code", counters.errors)
         yield CounterMetricFamily("rustorium_rate_limited", "Messages refused by the rate limit.",
                                   value=counters.rate_limited)

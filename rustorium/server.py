@@ -82,6 +82,10 @@ class Counters:
         handshake did not complete within the handshake timeout.
     @ivar http_responses: HTTP API answers by operation (C{unknown} for no
         route) and status.
+    @ivar console_deliveries: updates the operator console's monitor took
+        from the fan-out itself, by channel: counted in the fan-out's
+        deliveries, left out of what the metrics and the node's message
+        rate call deliveries to connections.
     """
 
     conflated: int = 0
@@ -94,6 +98,7 @@ class Counters:
     connections_refused: Counter[str] = attrs.Factory(Counter)
     handshake_timeouts: int = 0
     http_responses: Counter[tuple[str, int]] = attrs.Factory(Counter)
+    console_deliveries: Counter[str] = attrs.Factory(Counter)
 
 
 class Server:

@@ -46,6 +46,8 @@ from .catalog import Catalog
 from .chain import ChainService
 from .closecodes import CloseCode
 from .config import Settings
+from .console import Console, Monitor, SessionStore
+from .console.monitor import describe_messages
 from .fanout import Fanout
 from .genesis import PRICE_DECIMALS
 from .heartbeat import HeartbeatService
@@ -385,6 +387,13 @@ class RustoriumService(MultiService):
 
         self._factories = [factory := RustoriumServerFactory(server, reactor=reactor)]
         self.metrics = make_registry(server)
+        self.console: Console | None = None
+        self._messages = describe_messages(server.counters, app.fanout)
+        if settings.console:
+            sessions = SessionStore(reactor, settings.console_session_lifetime)
+            monitor = Monitor(server, sessions, reactor, settings.key_check_interval)
+            monitor.setServiceParent(self)
+            self.console = Console(server, sessions, monitor)
         self.site = build_site(
             factory,
             settings.handshake_timeout,
@@ -392,6 +401,7 @@ class RustoriumService(MultiService):
             MetricsPage(self.metrics),
             HttpApi(server),
             settings.http_max_body,
+            self.console,
         )
         # The listeners are not children: they start after everything else
         # and stop before anything else (see stopService).
@@ -433,6 +443,7 @@ class RustoriumService(MultiService):
             "uptime": round(self._reactor.seconds() - self._started_at, 3),
             "subscriptions": self.app.subscription_counts(),
             "runs_market": self._sources.leading,
+            "messages": self._messages(),
         }
 
     def _broker_ready(self, ready: bool) -> None:

@@ -30,6 +30,7 @@ _INDEX = (
     "Rustorium server {version}\n"
     "WebSocket API: /v1?api_key=KEY (or Authorization: Bearer KEY)\n"
     "HTTP API: /api/v1/ (Authorization: Bearer KEY; /api/v1/openapi.json describes it)\n"
+    "Operator console: /admin/ (sign in with an admin key)\n"
     "Health: /healthz   Metrics: /metrics\n"
 )
 
@@ -159,10 +160,12 @@ def build_site(
     metrics: Resource,
     api: Resource | None = None,
     max_body: int | None = None,
+    console: Resource | None = None,
 ) -> Site:
     """
     The site for a listening port: C{/v1} is the WebSocket API, C{/api/v1}
-    the HTTP API, C{/healthz} and C{/metrics} are for operators.
+    the HTTP API, C{/admin/} the operator console (L{rustorium.console}),
+    C{/healthz} and C{/metrics} are for operators.
 
     @param timeout: seconds an idle HTTP connection (one that has not
         finished its request) is kept.
@@ -178,6 +181,8 @@ def build_site(
         versions = Resource()
         versions.putChild(b"v1", api)
         root.putChild(b"api", versions)
+    if console is not None:
+        root.putChild(b"admin", console)
     site = GuardedSite(factory.admission, root, logFormatter=redacted_log_formatter)
     site.requestFactory = LimitedRequest
     site.max_body = max_body
