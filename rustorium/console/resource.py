@@ -316,6 +316,17 @@ class EventsPage(Resource):
         return NOT_DONE_YET
 
 
+class NotFound(Resource):
+    """
+    Anything else under C{/admin/}: 404, as JSON.
+    """
+
+    isLeaf = True
+
+    def render(self, request: http.Request) -> bytes:
+        return _error(request, 404, "not_found", "no such page in the console")
+
+
 class Refused(Resource):
     """
     A call under C{/admin/api/} without a session: 401.
@@ -373,6 +384,9 @@ class Console(Resource):
     def getChildWithDefault(self, path: bytes, request: http.Request) -> Resource:
         secure_headers(request)
         return super().getChildWithDefault(path, request)
+
+    def getChild(self, path: bytes, request: http.Request) -> Resource:
+        return NotFound()
 
     def render(self, request: http.Request) -> bytes:
         """
