@@ -651,3 +651,23 @@ def _rate(rate_in: float, rate_out: float):
     from rustorium.console.monitor import NodeRate
 
     return NodeRate(0, 0, 0, rate_in, rate_out)
+
+
+def test_every_file_is_package_data():
+    """
+    Every file of the console's static/ directory is matched by a
+    setup.cfg package_data pattern, so a plain ``pip install .`` ships it
+    (.ci/run also checks the installed package serves them).
+    """
+    import configparser
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    config = configparser.ConfigParser()
+    config.read(root / "setup.cfg")
+    patterns = config["options.package_data"]["rustorium.console"].split()
+    static = root / "rustorium" / "console"
+    files = {p for p in (static / "static").rglob("*") if p.is_file()}
+    shipped = {p for pattern in patterns for p in static.glob(pattern)}
+    assert static / "static" / "vendor" / "uplot" / "uPlot.esm.js" in shipped
+    assert sorted(p.relative_to(static).as_posix() for p in files - shipped) == []

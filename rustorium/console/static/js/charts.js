@@ -9,9 +9,12 @@ export const COLORS = ["#5eead4", "#60a5fa", "#f0abfc"];
 const AXIS = "#8b9bb0";
 const GRID = "#263241";
 
-function axis(scale, side, format) {
+const WHOLE = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 1e5, 2e5, 5e5, 1e6];
+
+function axis(scale, side, format, whole) {
   return {
     scale, side, stroke: AXIS, size: 56,
+    incrs: whole ? WHOLE : undefined,
     grid: { show: side === 3, stroke: GRID, width: 1 },
     ticks: { show: false },
     values: format ? (u, values) => values.map(format) : undefined,
@@ -29,6 +32,7 @@ export class TimeChart {
     const scales = { x: { time: true } };
     const axes = [{
       stroke: AXIS, grid: { show: false }, ticks: { show: false }, size: 30, space: 90,
+      incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600],
       values: (u, splits) => splits.map((t) => clock(t)),
     }];
     const used = [...new Set(series.map((s) => s.scale || "left"))];
@@ -37,7 +41,7 @@ export class TimeChart {
         auto: true,
         range: (u, min, max) => (zero.includes(name) ? [0, Math.max(1, (max || 0) * 1.15)] : padded(min, max)),
       };
-      axes.push(axis(name, name === "right" ? 1 : 3, formats[name]));
+      axes.push(axis(name, name === "right" ? 1 : 3, formats[name], zero.includes(name)));
     }
     const options = {
       width: Math.max(container.clientWidth, 200),
