@@ -17,7 +17,7 @@ function axis(scale, side, format, whole) {
     incrs: whole ? WHOLE : undefined,
     grid: { show: side === 3, stroke: GRID, width: 1 },
     ticks: { show: false },
-    values: format ? (u, values) => values.map(format) : undefined,
+    values: format ? (u, values) => values.map(format) : byStep,
   };
 }
 
@@ -101,6 +101,14 @@ export class TimeChart {
     this.resize.disconnect();
     this.plot.destroy();
   }
+}
+
+// Tick labels with as many decimals as the step between ticks needs.
+function byStep(u, values, axisIndex, space, step) {
+  const decimals = Math.min(8, Math.max(0, -Math.floor(Math.log10(step || 1))));
+  return values.map((v) => Number(v).toLocaleString("en-US", {
+    minimumFractionDigits: decimals, maximumFractionDigits: decimals,
+  }));
 }
 
 function clock(seconds) {
