@@ -13,7 +13,6 @@ import weakref
 from collections.abc import Callable
 
 import attrs
-
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
