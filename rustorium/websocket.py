@@ -160,6 +160,15 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         with lazy_option_log():
             super()._connectionMade()
 
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes from the client, straight to Autobahn's framing: its Twisted
+        adapter would first build a debug line's colourised arguments
+        (C{hltype}, C{hlval}) on every read, whether or not debug logging
+        is on, which cost more than parsing a small frame.
+        """
+        self._dataReceived(data)
+
     def connectionLost(self, reason: Any) -> None:
         self.factory.open_connections.discard(self)
         if self._ticket is not None:

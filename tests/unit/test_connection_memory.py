@@ -154,3 +154,17 @@ def test_a_keys_connections_share_one_record():
     del first, second, changed
     gc.collect()
     assert len(store._records) == 0
+
+
+def test_autobahn_reads_do_nothing_but_log_and_parse():
+    """
+    A guard: the protocol's C{dataReceived} skips the Twisted adapter's,
+    which only logs at debug level and hands the bytes to C{_dataReceived}.
+    If an Autobahn release makes it do more, this test names it.
+    """
+    from autobahn.twisted.websocket import WebSocketAdapterProtocol
+
+    names = set(WebSocketAdapterProtocol.dataReceived.__code__.co_names)
+    assert names <= {"log", "debug", "hltype", "hlval", "dataReceived", "peer", "len",
+                     "_dataReceived"}, f"Autobahn's dataReceived now also uses {names}"
+    assert callable(getattr(autobahn_protocol.WebSocketProtocol, "_dataReceived", None))
