@@ -43,6 +43,7 @@ from servers import (  # the bench directory is on sys.path, not a package
     GEN_CPU,
     GEN_DIR,
     SERVERS,
+    BaselineServer,
     Running,
     Server,
     SetupError,
@@ -73,6 +74,9 @@ SATURATING = {"fanout", "batch10"}
 # N up (the broker is paid per update, so it weighs less the more
 # subscribers share each update).
 REDIS_RATIO = 1.10
+# Today's server against --baseline REV's in the same run: "not regressed"
+# allows this much, the spread of repeated runs of one server.
+REGRESSION_RATIO = 1.05
 REDIS_TARGET_N = 1000
 # The broker scenario compares servers that keep pace with the ticks: each
 # must deliver at least this share of N updates per tick interval, and
@@ -394,11 +398,12 @@ class Bench:
     def names(self, scenario: str) -> list[str]:
         """The servers a scenario runs on, in the order they were given."""
         if scenario in PROTOCOL_ONLY:
-            return [s for s in self.servers if s == "rustorium"]
+            return [s for s in self.servers if s == "rustorium" or s.startswith("rustorium@")]
         if scenario == "broker":
             # The smoke run has measured the local broker in fanout already.
             skip = {"rustorium"} if self.args.smoke else set()
-            return [s for s in self.servers if s in BROKER_SERVERS and s not in skip]
+            return [s for s in self.servers
+                    if (s in BROKER_SERVERS or s.startswith("rustorium@")) and s not in skip]
         if scenario in SATURATING:
             return [s for s in self.servers if s != "rustorium-redis"]
         return list(self.servers)
@@ -549,6 +554,17 @@ def report(rows: list[dict], scenarios: list[str]) -> list[str]:
                                       "CPU1 other%", "CPU0 us/deliv", "age p50 ms",
                                       "bytes/upd"], body)
             rr = med.get(("rustorium", n))
+            for (srv, nn), base in sorted(med.items()):
+                if nn == n and srv.startswith("rustorium@") and rr and not failed(rr) \
+                        and not failed(base):
+                    us, base_us = rr.get("server_us_per_delivery"), base.get(
+                        "server_us_per_delivery")
+                    ok = None if not (us and base_us) else us <= REGRESSION_RATIO * base_us
+                    verdicts.append(
+                        f"{scenario} N={n}: rustorium {_fmt(us, 2)} us/delivery <= "
+                        f"{REGRESSION_RATIO:.2f} x {srv} {_fmt(base_us, 2)} (not regressed; "
+                        f"ratio {_fmt(us / base_us if us and base_us else None, 3)}): "
+                        f"{verdict(ok, rr, base)}")
             if scenario == "broker":
                 compare_brokers(n, rr, med.get(("rustorium-redis", n)), broker_rows)
                 continue
@@ -775,6 +791,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", default=None,
                     help="Python that has rustorium installed (default: current or bench/.venv)")
     ap.add_argument("--repo", default=None, help="repository to pip install (default: ..)")
+    ap.add_argument("--baseline", default=None, metavar="REV",
+                    help="also measure the server as it was at commit REV (server "
+                         "rustorium@REV) where rustorium runs, to tell a regression "
+                         "from a slower machine")
     args = ap.parse_args(argv)
 
     prof = SMOKE if args.smoke else QUICK if args.quick else FULL
@@ -824,6 +844,10 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"leaving out {s}: {exc}")
                 continue
             servers[s] = srv
+        if args.baseline:
+            base = BaselineServer(args.baseline)
+            base.prepare()
+            servers[base.name] = base
     except (SetupError, subprocess.CalledProcessError, OSError) as exc:
         log(f"setup failed: {exc}")
         return 2

@@ -452,6 +452,10 @@ class RustoriumServer(Server):
         """The server's broker arguments and the processes started for them."""
         return [], []
 
+    def known_lines(self, lines: list[str]) -> list[str]:
+        """The TOML lines this server's version accepts (all of them, for the current one)."""
+        return lines
+
     def start(self, tick_interval: float, config: dict | None = None) -> Running:
         port = free_port()
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
@@ -471,6 +475,7 @@ class RustoriumServer(Server):
         ]
         for key, value in (config or {}).items():
             lines.append(f"{key} = {json.dumps(value)}")
+        lines = self.known_lines(lines)
         (workdir / "bench.toml").write_text("\n".join(lines) + "\n")
         info = {
             "tokens": [t["token_id"] for t in genesis["tokens"]],
@@ -543,6 +548,62 @@ class RustoriumRedisServer(RustoriumServer):
     def broker(self, workdir: Path) -> tuple[list[str], list]:
         redis = RedisProcess(workdir, GEN_CPU)
         return ["--broker", redis.url], [redis]
+
+
+class BaselineServer(RustoriumServer):
+    """
+    The server as it was at an earlier commit (``--baseline REV``), measured
+    in the same run as today's to tell a regression from a machine that is
+    slower or busier than the one of an earlier run.
+
+    The commit's tree is extracted with ``git archive`` into
+    ``bench/.baseline/REV`` and installed into its own ``bench/.venv-REV``
+    (both gitignored, kept between runs).  Settings that an older server does
+    not know (the bench's config names some that came later) are left out of
+    its TOML file, so it runs on its own defaults for them.
+    """
+
+    def __init__(self, rev: str, repo: Path = REPO_DIR) -> None:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", f"{rev}^{{commit}}"],
+            check=False, capture_output=True, text=True).stdout.strip()
+        if not commit:
+            raise SetupError(f"--baseline {rev}: no such commit in {repo}")
+        super().__init__(python=None, repo=BENCH_DIR / ".baseline" / commit)
+        self.rev, self.source = commit, repo
+        self.name = f"rustorium@{commit}"
+        self.settings: set[str] = set()
+
+    def prepare(self) -> None:
+        if not (self.repo / "setup.cfg").exists():
+            log(f"extracting {self.rev} into {self.repo}")
+            self.repo.mkdir(parents=True, exist_ok=True)
+            archive = subprocess.run(["git", "-C", str(self.source), "archive", self.rev],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(self.repo)], input=archive, check=True)
+        venv = BENCH_DIR / f".venv-{self.rev}"
+        py = venv / "bin" / "python"
+        if not py.exists() or not self._importable(str(py)):
+            log(f"installing {self.rev} into {venv}")
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            subprocess.run([str(py), "-m", "pip", "install", "-q", str(self.repo)], check=True,
+                           stdout=sys.stderr)
+        self.python = str(py)
+        out = subprocess.run([self.python, "-c", "import json; from rustorium.config import "
+                              "SETTINGS; print(json.dumps([s.name for s in SETTINGS]))"],
+                             check=False, capture_output=True, text=True,
+                             cwd=tempfile.gettempdir())
+        try:
+            self.settings = set(json.loads(out.stdout))
+        except ValueError as exc:
+            raise SetupError(f"cannot read {self.name}'s settings: {out.stderr[-500:]}") from exc
+
+    def versions(self) -> dict[str, str]:
+        return {"baseline": self.rev}
+
+    def known_lines(self, lines: list[str]) -> list[str]:
+        return [line for line in lines
+                if line.startswith("#") or line.split("=", 1)[0].strip() in self.settings]
 
 
 SERVERS = {

@@ -9,8 +9,10 @@ the handshake cheap.
 
 import hashlib
 import secrets
+import weakref
 from collections.abc import Callable
 
+import attrs
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -54,6 +56,14 @@ class KeyStore:
 
     def __init__(self, database: Database) -> None:
         self._database = database
+        # One record object per distinct record among the live connections:
+        # a key's thousands of connections share it (the records are
+        # frozen), rather than each holding its own copy (~650 bytes).
+        # Keyed by the record's fields (a record as its own key would keep
+        # itself alive).
+        self._records: weakref.WeakValueDictionary[tuple, ApiKey] = (
+            weakref.WeakValueDictionary()
+        )
 
     def authenticate(self, key: str | None) -> "Deferred[ApiKey | None]":
         """
@@ -62,8 +72,13 @@ class KeyStore:
         if not key or len(key) > _MAX_KEY_LENGTH:
             return succeed(None)
         d = self._database.run(find_key, hash_key(key))
-        d.addCallback(lambda found: None if found is None or found.revoked else found)
+        d.addCallback(self._valid)
         return d
+
+    def _valid(self, found: ApiKey | None) -> ApiKey | None:
+        if found is None or found.revoked:
+            return None
+        return self._records.setdefault(attrs.astuple(found, recurse=False), found)
 
     def revoked_among(self, key_ids: list[int]) -> "Deferred[set[int]]":
         """

@@ -41,6 +41,12 @@ from . import __version__
 from .admission import Admission, Ticket
 from .closecodes import CloseCode
 from .config import normalise_origin
+from .connection_memory import (
+    configured_protocol,
+    lazy_option_log,
+    needs_send_queue,
+    shed_handshake,
+)
 from .hub import Update
 from .logs import redact
 from .output import Flusher, Outlet, WriteThroughServer
@@ -149,6 +155,20 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self.openHandshakeTimeout = ticket.remaining()
         super().connectionMade()
 
+    def _connectionMade(self) -> None:
+        # Autobahn formats its options for a debug line on every connection.
+        with lazy_option_log():
+            super()._connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes from the client, straight to Autobahn's framing: its Twisted
+        adapter would first build a debug line's colourised arguments
+        (C{hltype}, C{hlval}) on every read, whether or not debug logging
+        is on, which cost more than parsing a small frame.
+        """
+        self._dataReceived(data)
+
     def connectionLost(self, reason: Any) -> None:
         self.factory.open_connections.discard(self)
         if self._ticket is not None:
@@ -237,6 +257,7 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         try:
+            shed_handshake(self)
             self._start_output()
             self.session = Session(self, self._api_key, self.factory.api_server)
             self._opened_at = self.factory.reactor.seconds()
@@ -382,10 +403,10 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         self._refresh_direct()
 
     def send_payload(self, payload: bytes) -> None:
-        self._send(prepare_frame(payload), None)
+        self._send_frame(prepare_frame(payload), None)
 
     def send_frame(self, frame: bytes) -> None:
-        self._send(frame, "heartbeat")
+        self._send_frame(frame, "heartbeat")
 
     def close(self, code: int, reason: str) -> None:
         if self.state == _OPEN:
@@ -393,10 +414,11 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self.flush()
             self.sendClose(code, reason)
 
-    def _send(self, frame: bytes, conflation_key: object) -> None:
+    def _send_frame(self, frame: bytes, conflation_key: object) -> None:
         """
         Queue a reply or heartbeat: what a turn queues leaves in one write
-        at its end (several pipelined commands, a group commit).
+        at its end (several pipelined commands, a group commit). (Not
+        C{_send}: that is Autobahn's, which drains its send queue.)
         """
         if self._paused:
             if conflation_key is None:
@@ -505,6 +527,8 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         client that pings and never reads is closed (4101) rather than
         growing the server without limit.
         """
+        if sync or chopsize:
+            needs_send_queue(self)
         paused = self._paused
         super().sendData(data, sync, chopsize)
         if paused:
@@ -589,3 +613,12 @@ class RustoriumServerFactory(WebSocketServerFactory):
             # even when any origin is allowed.
             allowNullOrigin=True,
         )
+
+    def setProtocolOptions(self, **options: Any) -> None:
+        """
+        Set Autobahn's protocol options, and carry them on the protocol
+        class rather than copied onto each connection
+        (L{rustorium.connection_memory.configured_protocol}).
+        """
+        super().setProtocolOptions(**options)
+        self.protocol = configured_protocol(self.protocol, self)

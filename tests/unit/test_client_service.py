@@ -104,10 +104,12 @@ def test_commands_and_updates(clock):
     assert network.sessions()[0].feed.subscriptions == {}
 
 
-def test_key_sent_as_bearer_header(clock):
+def test_key_sent_as_bearer_header(clock, monkeypatch):
     """
     The key goes in an Authorization header, not in the URL.
     """
+    # Keep the handshake on the server's protocol, to look at it.
+    monkeypatch.setattr("rustorium.websocket.shed_handshake", lambda connection: None)
     network = MemoryNetwork(clock)
     started(network)
     (server,) = network.server_protocols
