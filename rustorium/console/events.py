@@ -13,17 +13,29 @@ Prices are conflated: a stream sends the newest price of each market at
 most every L{PRICE_FLUSH} seconds, so a market ticking every reactor turn
 (C{--tick-interval 0}) costs a browser a few small writes a second, not
 one per tick. Transaction updates are sent as they come, every one.
+
+A browser that reads too slowly (its connection's buffer full: Twisted
+pauses the stream as a producer) is sent nothing that a later event
+replaces (the overview, prices, pings); what it must not miss
+(transaction updates) is held, up to L{MAX_HELD} events, past which the
+stream is closed: the browser reconnects and reads the state afresh.
+Memory never grows with one slow reader.
 """
 
 from typing import Any
 
 import orjson
+from twisted.internet.interfaces import IPushProducer
 from twisted.web import http
+from zope.interface import implementer
 
 from .sessions import ConsoleSession
 
 PRICE_FLUSH = 0.2
 """Seconds between a stream's writes of conflated prices."""
+
+MAX_HELD = 1000
+"""Events held for a paused stream before it is closed."""
 
 RETRY = 2000
 """Milliseconds the browser waits before reconnecting a lost stream."""
@@ -41,9 +53,11 @@ def event(kind: str, data: object) -> bytes:
     return b"event: " + kind.encode("ascii") + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
+@implementer(IPushProducer)
 class EventStream:
     """
-    An open C{text/event-stream} response.
+    An open C{text/event-stream} response, paused and resumed by its
+    connection as a producer.
 
     @ivar session: the console session it belongs to; the stream ends with
         it.
@@ -63,6 +77,8 @@ class EventStream:
         self.addresses = addresses
         self.keys: list[str] = []
         self.closed = False
+        self.paused = False
+        self._held: list[bytes] = []
         self._prices: dict[str, dict] = {}
         self._flush: Any = None
 
@@ -75,20 +91,44 @@ class EventStream:
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-accel-buffering", b"no")
+        request.registerProducer(self, True)
         request.write(f"retry: {RETRY}\n\n".encode("ascii"))
 
-    def send(self, kind: str, data: object) -> None:
+    def send(self, kind: str, data: object, keep: bool = True) -> None:
         """
-        Send one event now.
+        Send one event now (see L{send_raw}).
         """
-        self.send_raw(event(kind, data))
+        self.send_raw(event(kind, data), keep)
 
-    def send_raw(self, encoded: bytes) -> None:
+    def send_raw(self, encoded: bytes, keep: bool = True) -> None:
         """
-        Send an event encoded once for every stream (L{event}).
+        Send an event encoded once for every stream (L{event}). While the
+        stream is paused, an event that a later one replaces (C{keep}
+        false) is dropped; one that must not be missed is held.
         """
-        if not self.closed:
+        if self.closed:
+            return
+        if not self.paused:
             self._request.write(encoded)
+        elif keep:
+            self._held.append(encoded)
+            if len(self._held) > MAX_HELD:
+                self.close()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        held, self._held = self._held, []
+        for encoded in held:
+            if self.closed or self.paused:
+                self._held.append(encoded)
+            else:
+                self._request.write(encoded)
+
+    def stopProducing(self) -> None:
+        self.lost()
 
     def price(self, data: dict) -> None:
         """
@@ -105,7 +145,7 @@ class EventStream:
         self._flush = None
         prices, self._prices = self._prices, {}
         if prices:
-            self.send("prices", list(prices.values()))
+            self.send("prices", list(prices.values()), keep=False)
 
     def close(self) -> None:
         """
@@ -116,6 +156,7 @@ class EventStream:
         self.lost()
         request = self._request
         if not request.finished and request.channel is not None:
+            request.unregisterProducer()
             request.finish()
 
     def lost(self) -> None:
@@ -123,6 +164,7 @@ class EventStream:
         The browser went away (or L{close}): stop sending.
         """
         self.closed = True
+        self._held = []
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
         self._flush = None

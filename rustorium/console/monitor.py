@@ -375,9 +375,9 @@ class Monitor(Service):
         encoded = event(kind, data)
         for stream in list(self.streams):
             if OVERVIEW in stream.topics:
-                stream.send_raw(encoded)
+                stream.send_raw(encoded, keep=False)
             else:
-                stream.send_raw(_PING)
+                stream.send_raw(_PING, keep=False)
 
     # Sessions
 

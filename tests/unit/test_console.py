@@ -90,6 +90,15 @@ class Stream:
                 found.append((kind.group(1), orjson.loads(data.group(1))))
         return found
 
+    def pause(self) -> None:
+        """
+        The browser stops reading: its connection pauses what writes to it.
+        """
+        self._transport.producer.pauseProducing()
+
+    def resume(self) -> None:
+        self._transport.producer.resumeProducing()
+
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.events()]
 
@@ -539,6 +548,37 @@ class TestEvents:
         assert statuses == ["pending", "confirmed"]
         assert [k for k, _ in other.events() if k == "transaction"] == []
 
+    def test_a_slow_reader_is_not_buffered_for(self, rig, signed_in, monkeypatch):
+        """
+        While the browser does not read, overviews and prices are not
+        queued for it, transaction updates are (then sent in order); past
+        the bound the stream is closed.
+        """
+        stream = signed_in.stream(f"topics=overview,markets&address={BOB}")
+        stream.events()
+        stream.pause()
+        publish_price(rig, "2")
+        rig.clock.advance(1)
+        session, _ = open_session(rig.server)
+        transfer = {"from": ALICE, "to": BOB, "amount": "1", "token_id": MTK.token_id}
+        send(session, {"type": "execute_transaction", "id": 1, "data": transfer})
+        rig.clock.advance(0)
+        rig.server.ledger.produce_block()
+        rig.clock.advance(1)
+        assert stream.events() == []
+        stream.resume()
+        assert [(k, d["status"]) for k, d in stream.events()] == [
+            ("transaction", "pending"), ("transaction", "confirmed")]
+        rig.clock.advance(1)
+        assert stream.kinds() == ["overview"]
+        monkeypatch.setattr("rustorium.console.events.MAX_HELD", 1)
+        stream.pause()
+        send(session, {"type": "execute_transaction", "id": 2, "data": transfer})
+        rig.clock.advance(0)
+        rig.server.ledger.produce_block()
+        rig.clock.advance(0)
+        assert stream.closed and rig.monitor.streams == set()
+
     def test_bad_requests(self, rig, signed_in):
         assert signed_in.get("/admin/events?topics=secrets").status == 400
         assert signed_in.get("/admin/events?address=0x12").status == 400
@@ -671,3 +711,27 @@ def test_every_file_is_package_data():
     shipped = {p for pattern in patterns for p in static.glob(pattern)}
     assert static / "static" / "vendor" / "uplot" / "uPlot.esm.js" in shipped
     assert sorted(p.relative_to(static).as_posix() for p in files - shipped) == []
+
+
+def test_the_console_can_be_left_out(tmp_path):
+    """
+    The service mounts the console at /admin unless ``console = false``.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from rustorium.service import makeService
+
+    def site_children(console: bool) -> tuple[object, dict]:
+        reactor = MemoryReactorClock()
+        reactor.advance(1_700_000_000)
+        service = makeService(
+            {"listen": ["tcp:0:interface=127.0.0.1"], "console": console,
+             "database": f"sqlite:{tmp_path / f'{console}.db'}"},
+            reactor,
+        )
+        return service.console, service.site.resource.children
+
+    console, children = site_children(True)
+    assert isinstance(console, Console) and children[b"admin"] is console
+    console, children = site_children(False)
+    assert console is None and b"admin" not in children
