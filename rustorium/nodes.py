@@ -41,14 +41,37 @@ class NodeAnnouncer(TimerService):
         leading: Callable[[], bool],
         clock: Any,
         interval: float = ANNOUNCE_INTERVAL,
+        reachable: Callable[[], bool] = lambda: True,
     ) -> None:
-        super().__init__(interval, self._announce)
+        """
+        @param reachable: whether the broker can be reached now; until it
+            can, the timer's announcements are skipped (rather than logged
+            as failures at every start), and L{announce_now} is called once
+            it can.
+        """
+        super().__init__(interval, self._tick)
+        self._reachable = reachable
         self.clock = clock
         self._broker = broker
         self._describe = describe
         self._leading = leading
         self._ttl = 3 * interval
         self._seen: set[str] = set()
+
+    def _tick(self) -> Deferred | None:
+        if not self._reachable():
+            return None
+        return self._announce()
+
+    def announce_now(self) -> Deferred | None:
+        """
+        Announce at once (the broker just became reachable), so that the
+        node is listed from its first moment of service, not an interval
+        later.
+        """
+        if not self.running:
+            return None
+        return self._announce()
 
     def _announce(self) -> Deferred:
         info = self._describe()

@@ -378,8 +378,11 @@ class RustoriumService(MultiService):
         )
         sources.setServiceParent(self)
         self._started_at = reactor.seconds()
-        NodeAnnouncer(broker, self._describe_node, lambda: sources.leading, reactor
-                      ).setServiceParent(self)
+        self._announcer = NodeAnnouncer(
+            broker, self._describe_node, lambda: sources.leading, reactor,
+            reachable=lambda: server.broker_ready,
+        )
+        self._announcer.setServiceParent(self)
         HeartbeatService(server, reactor, prepare_heartbeat).setServiceParent(self)
         RevocationService(
             settings.key_check_interval, server.keys, lambda: list(server.sessions), reactor
@@ -448,10 +451,13 @@ class RustoriumService(MultiService):
 
     def _broker_ready(self, ready: bool) -> None:
         self.server.broker_ready = ready
+        if ready:
+            self._announcer.announce_now()
 
     def _broker_restored(self) -> None:
         log.info("The broker is reachable again")
         self.server.broker_ready = True
+        self._announcer.announce_now()
 
     def _broker_lost(self, reason: str) -> None:
         """

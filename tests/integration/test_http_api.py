@@ -348,6 +348,7 @@ def test_a_posted_price_reaches_another_node_and_operators_steer_any_node(cluste
         (update,) = price_updates(client, 1, timeout=15)
         assert update["price"] == "43"
         _, listed, _ = on_a.call("GET", "/connections?key=viewer")
+        assert len(listed["connections"]) == 1, listed
         (connection,) = listed["connections"]
         assert connection["node"] == "node-b" and listed["unanswered"] == []
         status, closed, _ = on_a.call("POST", f"/connections/{connection['id']}/close",
