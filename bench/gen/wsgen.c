@@ -899,11 +899,19 @@ static int never(void) { return 0; }
 static int got_go(void) { return g_go; }
 
 static double g_sync_cpu0 = -1, g_sync_cpu1 = -1;
-/* --sync: sample this process's CPU at T0 and T1; done DRAIN after T1. */
+static uint64_t g_sync_upd0 = 0, g_sync_upd1 = 0;
+/* --sync: sample this process's CPU and the updates received so far at T0
+ * and T1; done DRAIN after T1. */
 static int sync_done(void) {
     int64_t w = wall_us();
-    if (g_sync_cpu0 < 0 && w >= g_t0) g_sync_cpu0 = self_cpu();
-    if (g_sync_cpu1 < 0 && w >= g_t1) g_sync_cpu1 = self_cpu();
+    if (g_sync_cpu0 < 0 && w >= g_t0) {
+        g_sync_cpu0 = self_cpu();
+        g_sync_upd0 = g_updates;
+    }
+    if (g_sync_cpu1 < 0 && w >= g_t1) {
+        g_sync_cpu1 = self_cpu();
+        g_sync_upd1 = g_updates;
+    }
     return w >= g_t1 + (int64_t)(g_drain * 1e6);
 }
 
@@ -927,16 +935,20 @@ static int run_sync(double t_setup) {
     double left = (double)(g_t1 - wall_us()) / 1e6 + g_drain;
     loop_until(sync_done, mono() + (left > 0 ? left : 0) + 5);
     if (g_sync_cpu0 < 0) g_sync_cpu0 = self_cpu();
-    if (g_sync_cpu1 < 0) g_sync_cpu1 = self_cpu();
+    if (g_sync_cpu1 < 0) {
+        g_sync_cpu1 = self_cpu();
+        g_sync_upd1 = g_updates;
+    }
     printf("{\"mode\":\"fanout\",\"sync\":true,\"conns_target\":%d,\"conns_open\":%d,"
            "\"conns_failed\":%d,\"setup_s\":%.3f,\"confirms\":%d,\"conns_open_end\":%d,"
            "\"closed_by_peer\":%d,\"window_s\":%.4f,\"gen_cpu_s\":%.4f,"
-           "\"window_receipts\":%llu,\"updates_total\":%llu,\"update_bytes_avg\":%.1f,"
+           "\"window_receipts\":%llu,\"window_arrivals\":%llu,\"updates_total\":%llu,\"update_bytes_avg\":%.1f,"
            "\"ids_dropped\":%llu,\"lat_count\":%llu,\"lat_negative\":%llu,\"lat_max_us\":%lld,"
            "\"heartbeats\":%llu,\"other_msgs\":%llu,\"ids\":[",
            o_conns, setup_open, g_failed, t_setup, g_confirms, g_open,
            g_closed_by_peer, (double)(g_t1 - g_t0) / 1e6, g_sync_cpu1 - g_sync_cpu0,
-           (unsigned long long)g_window_receipts, (unsigned long long)g_updates,
+           (unsigned long long)g_window_receipts,
+           (unsigned long long)(g_sync_upd1 - g_sync_upd0), (unsigned long long)g_updates,
            g_updates ? (double)g_update_bytes / (double)g_updates : 0.0,
            (unsigned long long)ids_dropped, (unsigned long long)slat_n,
            (unsigned long long)slat_neg, (long long)slat_max,
