@@ -80,6 +80,7 @@ CONNECT_S = 30.0  # all of manyconn's connections connected and subscribed withi
 KIB_PER_CONN = 10.0  # server RSS per connection, at most
 P99_VS_NODE = 0.5  # rustorium's p99 at most this times node-ws's, same run
 WORKERS_RATIO = 1.5  # --workers 2 over --workers 1, updates delivered per second
+BACKLOG_MS = 50.0  # updates older than this on arrival (p50): a backlog, not keeping pace
 NOISY_PCT = 20.0  # other processes' busy time (% of one core) that marks a row disturbed
 
 
@@ -713,10 +714,11 @@ def report(rows: list[dict], scenarios: list[str], table, verdict, median_rows) 
             for (srv, _n), r in sorted(median_rows(rows, scen).items()):
                 tick = float(scen.split(":")[1])
                 if "failed" in r:
-                    body.append([srv, _fmt(tick, 4), "FAILED: " + r["failed"][:60], *[""] * 7])
+                    body.append([srv, _fmt(tick, 4), "FAILED: " + r["failed"][:60], *[""] * 8])
                     continue
                 body.append([srv + ("*" if r.get("noisy") else ""), _fmt(tick, 4),
-                             _fmt(r["offered_per_s"]), _fmt(r["deliveries_per_s"]),
+                             _fmt(r["offered_per_s"]), _fmt(r["updates"] / r["window_s"]),
+                             _fmt(r["deliveries_per_s"]),
                              _fmt(r["server_cpu_pct"]), _fmt(r["server_us_per_delivery"], 2),
                              _fmt(r["gen_cpu_pct"]), _fmt(r["aux_cpu_pct"]),
                              _fmt(r["p50_ms"]), str(r["conns"])])
@@ -724,7 +726,7 @@ def report(rows: list[dict], scenarios: list[str], table, verdict, median_rows) 
                 if w not in best or r["deliveries_per_s"] > best[w]["deliveries_per_s"]:
                     best[w] = r
         table("workers: updates delivered per second at saturation (nothing pinned; Redis, "
-              "PostgreSQL)", ["server", "tick s", "offered/s", "delivered/s", "srv CPU%",
+              "PostgreSQL)", ["server", "tick s", "offered/s", "ticks/s", "delivered/s", "srv CPU%",
                               "srv us/deliv", "gen CPU%", "Redis+PG CPU%", "age p50 ms",
                               "conns"], body)
         if 1 in best and 2 in best:
@@ -736,6 +738,10 @@ def report(rows: list[dict], scenarios: list[str], table, verdict, median_rows) 
                 f"--workers 1 {_fmt(one['deliveries_per_s'])}/s (ratio {_fmt(ratio, 2)}; "
                 f"generator CPU {_fmt(one['gen_cpu_pct'])}% and {_fmt(two['gen_cpu_pct'])}% "
                 f"of a core, server {_fmt(one['server_cpu_pct'])}% and "
-                f"{_fmt(two['server_cpu_pct'])}%): "
-                f"{verdict(None if ratio is None else ratio >= WORKERS_RATIO, one, two)}")
+                f"{_fmt(two['server_cpu_pct'])}%; updates {_fmt(one['p50_ms'])} and "
+                f"{_fmt(two['p50_ms'])} ms old at p50): "
+                f"{verdict(None if ratio is None else ratio >= WORKERS_RATIO, one, two)}"
+                + "".join(f" ({r['server']} wrote a backlog: updates {_fmt(r['p50_ms'])} ms old,"
+                          " coalesced writes are cheaper)" for r in (one, two)
+                          if (r.get("p50_ms") or 0) > BACKLOG_MS))
     return verdicts
