@@ -2,8 +2,8 @@
 """
 Run the Rustorium server benchmarks and print every figure beside its target.
 
-    python bench/run.py                 # everything (10-20 minutes)
-    python bench/run.py --quick         # all scenarios at small N (1-2 minutes)
+    python bench/run.py                 # everything (30-40 minutes)
+    python bench/run.py --quick         # all scenarios at small N (3-5 minutes)
     python bench/run.py --smoke         # fan-out N=20 for 2 s against rustorium (and
                                         # rustorium-redis at 50 updates/s); exit 0 if
                                         # each delivered anything (for a pytest test)
