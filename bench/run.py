@@ -2,8 +2,8 @@
 """
 Run the Rustorium server benchmarks and print every figure beside its target.
 
-    python bench/run.py                 # everything (10-20 minutes)
-    python bench/run.py --quick         # all scenarios at small N (1-2 minutes)
+    python bench/run.py                 # everything (30-40 minutes)
+    python bench/run.py --quick         # all scenarios at small N (3-5 minutes)
     python bench/run.py --smoke         # fan-out N=20 for 2 s against rustorium (and
                                         # rustorium-redis at 50 updates/s); exit 0 if
                                         # each delivered anything (for a pytest test)
@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import scale  # bench/scale.py: manyconn, machine100k, workers
 from servers import (  # the bench directory is on sys.path, not a package
     BENCH_DIR,
     GEN_CPU,
@@ -58,6 +59,7 @@ from servers import (  # the bench directory is on sys.path, not a package
 NOISY_PCT = 20.0
 
 SCENARIOS = ("fanout", "batch10", "broker", "latency", "idle", "commands", "reconnect")
+SCENARIOS += scale.SCENARIOS
 # Scenarios that need the real protocol (commands, reconnect) only run on rustorium.
 PROTOCOL_ONLY = {"commands", "reconnect"}
 # The servers the broker scenario compares: the same server with each broker.
@@ -460,6 +462,8 @@ class Bench:
                     for name in names:
                         self.measure(scenario, name, p.reconnect_n, rep, 0.1,
                                      lambda s: reconnect(s, p.reconnect_n, p))
+                elif scenario in scale.SCENARIOS:
+                    scale.run(self, scenario, rep, wait_quiet)
 
 
 # -- report ------------------------------------------------------------------
@@ -727,6 +731,7 @@ def report(rows: list[dict], scenarios: list[str]) -> list[str]:
         table("reconnect storm (resumed = confirmation and every replayed update received)",
               ["server", "dropped", "resumed", "time to all resumed", "all confirmed s",
                "replayed", "not recovered", "updates in 1 s after", "errors"], body)
+    verdicts += scale.report(rows, scenarios, table, verdict, median_rows)
     if any(r.get("noisy") for r in rows):
         print(f"\n* another process used more than {NOISY_PCT:.0f}% of the server's or the "
               "generator's core in every repetition of that row: figures disturbed; rows "
@@ -788,6 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retries", type=int, default=None,
                     help="measure again when another process disturbed a measurement "
                          "(default 2, --quick and --smoke 0)")
+    scale.add_arguments(ap)
     ap.add_argument("--python", default=None,
                     help="Python that has rustorium installed (default: current or bench/.venv)")
     ap.add_argument("--repo", default=None, help="repository to pip install (default: ..)")

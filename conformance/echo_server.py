@@ -106,7 +106,7 @@ class EchoProtocol(RustoriumServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         frame = PreparedMessage(payload, isBinary, False, True).payloadHybi
-        self._send_frame(frame, None)
+        self._queue_frame(frame, None)
 
 
 def echo_factory(

@@ -28,10 +28,15 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from twisted.copyright import version as twisted_version
 from twisted.internet import tcp
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from .hub import ISink
+from .internals import name_port, write_through_supported
+
+log = Logger()
 
 
 @implementer(ISink)
@@ -187,7 +192,7 @@ class _ListeningReactor:
         listening = self.listenTCP(
             port, TLSMemoryBIOFactory(contextFactory, False, factory), backlog, interface
         )
-        listening._type = "TLS"
+        name_port(listening, "TLS")
         return listening
 
     def __getattr__(self, name: str) -> Any:
@@ -199,7 +204,16 @@ def listening_reactor(reactor: Any, write_through: bool = True, reuse_port: bool
     The reactor to give C{serverFromString} so that C{tcp:} and C{ssl:}
     endpoints listen with write-through transports, and with
     C{SO_REUSEPORT} when several workers share the port.
+
+    Write-through is turned off, with a warning, on a Twisted whose
+    transports do not count their buffered bytes as this module expects
+    (see L{rustorium.internals}).
     """
+    if write_through and not write_through_supported():
+        log.warn("Twisted {version} buffers writes in a way write-through does not know: "
+                 "using Twisted's own transports (write-through off)",
+                 version=twisted_version)
+        write_through = False
     if reuse_port:
         port_class = WriteThroughReusePort if write_through else ReusePort
     else:

@@ -44,7 +44,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IStreamServerEndpoint
 from twisted.internet.ssl import (
@@ -59,6 +59,7 @@ from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from .config import ConfigError
+from .internals import raises_synchronously
 
 log = Logger()
 
@@ -658,9 +659,60 @@ class CertificateReloadService(MultiService):
 def listening_service(endpoint: IStreamServerEndpoint, factory: Any) -> Any:
     """
     A service listening on C{endpoint}, whose failure to listen stops
-    start-up as C{strports.service} does.
+    start-up as C{strports.service} does: Twisted's, told so by its private
+    C{_raiseSynchronously}, or where that attribute no longer works (see
+    L{rustorium.internals}), L{EndpointListeningService}.
     """
+    if not raises_synchronously():
+        return EndpointListeningService(endpoint, factory)
     service = StreamServerEndpointService(endpoint, factory)
     service._raiseSynchronously = True
     return service
+
+
+class EndpointListeningService(Service):
+    """
+    C{StreamServerEndpointService}'s job on the public endpoint API only:
+    listen in C{privilegedStartService}, raising there when the endpoint
+    fails at once (a port in use), log a later failure, and stop listening
+    in C{stopService}.
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self._listening: defer.Deferred | None = None
+        self._starting = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        raised: list[Any] = []
+
+        def failed(failure: Any) -> None:
+            if self._starting:
+                raised.append(failure)
+            elif not failure.check(defer.CancelledError):
+                log.failure("Listening on {endpoint} failed", failure, endpoint=self.endpoint)
+
+        self._starting = True
+        try:
+            self._listening = self.endpoint.listen(self.factory)
+            self._listening.addErrback(failed)
+        finally:
+            self._starting = False
+        if raised:
+            raised[0].raiseException()
+
+    def startService(self) -> None:
+        if self._listening is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> defer.Deferred:
+        listening, self._listening = self._listening, None
+        super().stopService()
+        if listening is None:
+            return defer.succeed(None)
+        listening.cancel()
+        return listening.addCallback(lambda port: port and port.stopListening())
 

@@ -403,10 +403,10 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
         self._refresh_direct()
 
     def send_payload(self, payload: bytes) -> None:
-        self._send_frame(prepare_frame(payload), None)
+        self._queue_frame(prepare_frame(payload), None)
 
     def send_frame(self, frame: bytes) -> None:
-        self._send_frame(frame, "heartbeat")
+        self._queue_frame(frame, "heartbeat")
 
     def close(self, code: int, reason: str) -> None:
         if self.state == _OPEN:
@@ -414,11 +414,12 @@ class RustoriumServerProtocol(WebSocketServerProtocol):
             self.flush()
             self.sendClose(code, reason)
 
-    def _send_frame(self, frame: bytes, conflation_key: object) -> None:
+    def _queue_frame(self, frame: bytes, conflation_key: object) -> None:
         """
         Queue a reply or heartbeat: what a turn queues leaves in one write
-        at its end (several pipelined commands, a group commit). (Not
-        C{_send}: that is Autobahn's, which drains its send queue.)
+        at its end (several pipelined commands, a group commit). Not named
+        C{_send}: Autobahn's protocol has a C{_send} of its own, which it
+        calls to drain its send queue.
         """
         if self._paused:
             if conflation_key is None:

@@ -25,6 +25,25 @@
  * With --ready-signal, SIGUSR2 goes to --server-pid once every client is set
  * up (see bench/node/server.js --wait-ready).
  *
+ * With --sources K, client sockets are bound round-robin to the source
+ * addresses 127.0.0.1 ... 127.0.0.K (the port is still chosen at connect()
+ * time, IP_BIND_ADDRESS_NO_PORT, so ports are shared between destinations):
+ * one source address has only ~28,000 ephemeral ports towards one server
+ * port.
+ *
+ * With --sync (fanout mode), several generator processes can measure one
+ * server together (one process is capped by the open-file limit too): after
+ * setup the process prints "READY {json}" on stdout and keeps serving its
+ * connections until a line "GO T0 T1 DRAIN" arrives on stdin (T0, T1: wall
+ * clock in microseconds; DRAIN: seconds).  The window is then defined by the
+ * updates' publish time (data.timestamp in [T0, T1)), not by their arrival:
+ * every such update is counted per message id (how many of this process's
+ * connections received it) and its latency goes into a log-linear histogram
+ * (0.1% resolution), and the process keeps receiving for DRAIN seconds after
+ * T1 so that the late tail of the last burst is counted too.  The harness
+ * sums the id counts (misses = open connections x ids - receipts) and the
+ * histograms of all processes.
+ *
  * With --server-pid, the server's utime+stime (from /proc/PID/stat) is read
  * at the exact start and end of the measurement window, so the harness can
  * divide server CPU by deliveries counted over the same interval.  With
@@ -41,6 +60,7 @@
 #include <getopt.h>
 #include <signal.h>
 #include <netinet/in.h>
+#include <netinet/ip.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -98,6 +118,8 @@ static const char *o_expect = "token_info";
 static int o_depth = 1;
 static double o_resume_timeout = 60.0;
 static int o_ready_signal = 0;
+static int o_sources = 1;
+static int o_sync = 0;
 
 /* ---- state ---- */
 static struct conn *conns;
@@ -125,6 +147,24 @@ static uint64_t lat_n = 0, lat_over = 0, lat_neg = 0;
 static int64_t lat_max = 0;
 static int lat_on = 0;
 static int64_t g_now_us_wall = 0; /* wall clock at the last read() */
+
+/* ---- --sync: a window by publish time, shared by several processes ---- */
+#define STDIN_TAG 0xffffffffu /* epoll data of stdin, not a connection index */
+#define SLAT_SUB 1024         /* sub-buckets per power of two above 2 ms */
+#define SLAT_BUCKETS (2048 + 30 * SLAT_SUB)
+#define IDS_CAP (1 << 18)     /* message ids tracked per window (open addressing) */
+static int g_go = 0;          /* GO received */
+static int64_t g_t0 = 0, g_t1 = 0; /* window, wall clock us */
+static double g_drain = 3.0;
+static char g_stdin_buf[256];
+static size_t g_stdin_len = 0;
+static uint32_t *slat_hist;
+static uint64_t slat_n = 0, slat_neg = 0;
+static int64_t slat_max = 0;
+static uint64_t *ids_key; /* message number + 1 (0 = empty) */
+static uint32_t *ids_count;
+static uint64_t ids_used = 0, ids_dropped = 0;
+static uint64_t g_window_receipts = 0;
 
 static void logmsg(const char *fmt, ...) {
     va_list ap;
@@ -432,6 +472,21 @@ static void start_connect(struct conn *c) {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (o_sources > 1) {
+        /* Source address 127.0.0.(1 + i mod K); the port is picked by
+         * connect() (IP_BIND_ADDRESS_NO_PORT), so it is only unique per
+         * destination, like an unbound socket's. */
+        struct sockaddr_in src = {.sin_family = AF_INET, .sin_port = 0};
+        src.sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)((c - conns) % o_sources));
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) {
+            logmsg("bind 127.0.0.%d: %s", 1 + (int)((c - conns) % o_sources), strerror(errno));
+            close(fd);
+            c->state = S_FAILED;
+            g_failed++;
+            return;
+        }
+    }
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o_port)};
     inet_pton(AF_INET, o_host, &sa.sin_addr);
     c->fd = fd;
@@ -491,6 +546,70 @@ static void resume_done(struct conn *c) {
     g_reconf++;
 }
 
+/* Log-linear latency bucket: exact microseconds below 2048 us, then 1024
+ * sub-buckets per power of two (0.1% resolution). */
+static int slat_bucket(int64_t d) {
+    if (d < 2048) return (int)d;
+    int e = 63 - __builtin_clzll((unsigned long long)d); /* >= 11 */
+    if (e > 40) return SLAT_BUCKETS - 1;
+    return 2048 + (e - 11) * SLAT_SUB + (int)((d >> (e - 10)) - SLAT_SUB);
+}
+
+static int64_t slat_lower(int i) {
+    if (i < 2048) return i;
+    int e = 11 + (i - 2048) / SLAT_SUB;
+    return (int64_t)((i - 2048) % SLAT_SUB + SLAT_SUB) << (e - 10);
+}
+
+/* The message number of "id":"msg_<n>", or -1. */
+static long long msg_number(const char *p, size_t n) {
+    size_t il;
+    const char *id = json_str(p, n, "\"id\"", &il);
+    if (!id || il < 5 || memcmp(id, "msg_", 4) != 0) return -1;
+    long long v = 0;
+    for (size_t i = 4; i < il; i++) {
+        if (id[i] < '0' || id[i] > '9') return -1;
+        v = v * 10 + (id[i] - '0');
+    }
+    return v;
+}
+
+/* --sync: an update published inside the window: its latency, and one more
+ * receiver of its message id. */
+static void sync_update(const char *p, size_t n) {
+    size_t sl;
+    const char *s = json_str(p, n, "\"timestamp\"", &sl);
+    int64_t ts;
+    if (!s || parse_iso_us(s, sl, &ts) != 0 || ts < g_t0 || ts >= g_t1) return;
+    g_window_receipts++;
+    int64_t d = g_now_us_wall - ts;
+    if (d < 0) {
+        slat_neg++;
+        d = 0;
+    }
+    if (d > slat_max) slat_max = d;
+    slat_hist[slat_bucket(d)]++;
+    slat_n++;
+    long long num = msg_number(p, n);
+    if (num < 0) return;
+    uint64_t key = (uint64_t)num + 1, h = key * 0x9e3779b97f4a7c15ull;
+    for (uint32_t probe = 0; probe < IDS_CAP; probe++) {
+        uint32_t i = (uint32_t)((h >> 40) + probe) & (IDS_CAP - 1);
+        if (ids_key[i] == key) {
+            ids_count[i]++;
+            return;
+        }
+        if (ids_key[i] == 0) {
+            if (ids_used >= IDS_CAP / 2) break; /* keep the table sparse */
+            ids_key[i] = key;
+            ids_count[i] = 1;
+            ids_used++;
+            return;
+        }
+    }
+    ids_dropped++;
+}
+
 static void on_message(struct conn *c, const char *p, size_t n) {
     size_t tl;
     const char *t = json_str(p, n, "\"type\"", &tl);
@@ -503,6 +622,7 @@ static void on_message(struct conn *c, const char *p, size_t n) {
         g_updates++;
         g_update_bytes += n;
         c->updates++;
+        if (g_go) sync_update(p, n);
         if (lat_on) {
             size_t sl;
             const char *s = json_str(p, n, "\"timestamp\"", &sl);
@@ -654,7 +774,7 @@ static void on_readable(struct conn *c) {
         if (errno != EAGAIN && errno != EWOULDBLOCK) conn_fail(c, 1);
         return;
     }
-    if (lat_on) g_now_us_wall = wall_us();
+    if (lat_on || g_go) g_now_us_wall = wall_us();
     size_t n = have + (size_t)r, off = 0;
     if (c->state == S_HS) {
         char *e = memmem(rbuf, n, "\r\n\r\n", 4);
@@ -712,6 +832,34 @@ static void on_writable(struct conn *c) {
     want_write(c, 0);
 }
 
+/* --sync: read "GO T0 T1 DRAIN" from stdin; end the process if stdin closes
+ * (the harness is gone). */
+static void on_stdin(void) {
+    ssize_t r = read(0, g_stdin_buf + g_stdin_len, sizeof g_stdin_buf - 1 - g_stdin_len);
+    if (r <= 0) {
+        logmsg("stdin closed before GO; exiting");
+        exit(3);
+    }
+    g_stdin_len += (size_t)r;
+    g_stdin_buf[g_stdin_len] = 0;
+    if (!strchr(g_stdin_buf, '\n')) {
+        if (g_stdin_len >= sizeof g_stdin_buf - 1) g_stdin_len = 0;
+        return;
+    }
+    long long t0, t1;
+    double drain;
+    if (sscanf(g_stdin_buf, "GO %lld %lld %lf", &t0, &t1, &drain) == 3 && t1 > t0) {
+        g_t0 = t0;
+        g_t1 = t1;
+        g_drain = drain;
+        g_go = 1;
+        epoll_ctl(epfd, EPOLL_CTL_DEL, 0, NULL);
+    } else {
+        logmsg("ignoring stdin line: %s", g_stdin_buf);
+    }
+    g_stdin_len = 0;
+}
+
 /* Run the event loop until done() is true or the deadline passes.
  * New connections are started while fewer than --conc are pending. */
 static void loop_until(int (*done)(void), double deadline) {
@@ -725,6 +873,10 @@ static void loop_until(int (*done)(void), double deadline) {
         if (ms > 20) ms = 20;
         int k = epoll_wait(epfd, evs, 512, ms);
         for (int i = 0; i < k; i++) {
+            if (evs[i].data.u32 == STDIN_TAG) {
+                on_stdin();
+                continue;
+            }
             struct conn *c = &conns[evs[i].data.u32];
             if (c->fd < 0) continue;
             uint32_t e = evs[i].events;
@@ -744,6 +896,86 @@ static int all_confirmed(void) { return all_settled() && g_confirms >= g_open; }
 static int all_ready(void) { return all_settled() && g_ready_conns >= g_open; }
 static int all_resumed(void) { return all_settled() && g_reconf + g_resume_err + g_failed >= o_conns; }
 static int never(void) { return 0; }
+static int got_go(void) { return g_go; }
+
+static double g_sync_cpu0 = -1, g_sync_cpu1 = -1;
+static uint64_t g_sync_upd0 = 0, g_sync_upd1 = 0;
+/* --sync: sample this process's CPU and the updates received so far at T0
+ * and T1; done DRAIN after T1. */
+static int sync_done(void) {
+    int64_t w = wall_us();
+    if (g_sync_cpu0 < 0 && w >= g_t0) {
+        g_sync_cpu0 = self_cpu();
+        g_sync_upd0 = g_updates;
+    }
+    if (g_sync_cpu1 < 0 && w >= g_t1) {
+        g_sync_cpu1 = self_cpu();
+        g_sync_upd1 = g_updates;
+    }
+    return w >= g_t1 + (int64_t)(g_drain * 1e6);
+}
+
+/* --sync: wait for GO, measure the window, print the result; returns the
+ * exit status. */
+static int run_sync(double t_setup) {
+    int setup_open = g_open;
+    printf("READY {\"conns_open\":%d,\"conns_failed\":%d,\"confirms\":%d,\"setup_s\":%.3f}\n",
+           g_open, g_failed, g_confirms, t_setup);
+    fflush(stdout);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = STDIN_TAG};
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, 0, &ev) < 0) {
+        logmsg("cannot watch stdin: %s", strerror(errno));
+        return 4;
+    }
+    loop_until(got_go, mono() + o_setup_timeout + 600);
+    if (!g_go) {
+        logmsg("no GO on stdin");
+        return 4;
+    }
+    double left = (double)(g_t1 - wall_us()) / 1e6 + g_drain;
+    loop_until(sync_done, mono() + (left > 0 ? left : 0) + 5);
+    if (g_sync_cpu0 < 0) g_sync_cpu0 = self_cpu();
+    if (g_sync_cpu1 < 0) {
+        g_sync_cpu1 = self_cpu();
+        g_sync_upd1 = g_updates;
+    }
+    printf("{\"mode\":\"fanout\",\"sync\":true,\"conns_target\":%d,\"conns_open\":%d,"
+           "\"conns_failed\":%d,\"setup_s\":%.3f,\"confirms\":%d,\"conns_open_end\":%d,"
+           "\"closed_by_peer\":%d,\"window_s\":%.4f,\"gen_cpu_s\":%.4f,"
+           "\"window_receipts\":%llu,\"window_arrivals\":%llu,\"updates_total\":%llu,\"update_bytes_avg\":%.1f,"
+           "\"ids_dropped\":%llu,\"lat_count\":%llu,\"lat_negative\":%llu,\"lat_max_us\":%lld,"
+           "\"heartbeats\":%llu,\"other_msgs\":%llu,\"ids\":[",
+           o_conns, setup_open, g_failed, t_setup, g_confirms, g_open,
+           g_closed_by_peer, (double)(g_t1 - g_t0) / 1e6, g_sync_cpu1 - g_sync_cpu0,
+           (unsigned long long)g_window_receipts,
+           (unsigned long long)(g_sync_upd1 - g_sync_upd0), (unsigned long long)g_updates,
+           g_updates ? (double)g_update_bytes / (double)g_updates : 0.0,
+           (unsigned long long)ids_dropped, (unsigned long long)slat_n,
+           (unsigned long long)slat_neg, (long long)slat_max,
+           (unsigned long long)g_heartbeats, (unsigned long long)g_other);
+    int first = 1;
+    for (uint32_t i = 0; i < IDS_CAP; i++)
+        if (ids_key[i]) {
+            printf("%s[%llu,%u]", first ? "" : ",", (unsigned long long)(ids_key[i] - 1),
+                   ids_count[i]);
+            first = 0;
+        }
+    printf("],\"lat_hist\":[");
+    first = 1;
+    for (int i = 0; i < SLAT_BUCKETS; i++)
+        if (slat_hist[i]) {
+            printf("%s[%lld,%u]", first ? "" : ",", (long long)slat_lower(i), slat_hist[i]);
+            first = 0;
+        }
+    printf("],\"errors\":{");
+    for (int i = 0; i < n_codes; i++)
+        printf("%s\"%s\":%llu", i ? "," : "", code_name[i], (unsigned long long)code_count[i]);
+    printf("}}\n");
+    fflush(stdout);
+    for (int i = 0; i < o_conns; i++)
+        if (conns[i].fd >= 0) close(conns[i].fd);
+    return 0;
+}
 
 static int64_t lat_pct(double q) {
     uint64_t total = lat_n, want = (uint64_t)(q * (double)total);
@@ -763,7 +995,9 @@ static void usage(void) {
             "  [--conns N] [--symbols A/USD,B/USD] [--latency] [--warmup S] [--duration S]\n"
             "  [--setup-timeout S] [--settle S] [--conc C] [--server-pid PID] [--aux-pid PID]\n"
             "  [--cmd-type T --cmd-data JSON --expect TYPE --depth D] [--resume-timeout S]\n"
-            "  [--ready-signal]  (send SIGUSR2 to --server-pid once all clients are set up)\n");
+            "  [--ready-signal]  (send SIGUSR2 to --server-pid once all clients are set up)\n"
+            "  [--sources K]  (bind clients round-robin to 127.0.0.1 .. 127.0.0.K)\n"
+            "  [--sync]  (fanout: READY on stdout, then wait for \"GO T0_US T1_US DRAIN_S\" on stdin)\n");
     exit(2);
 }
 
@@ -775,7 +1009,8 @@ int main(int argc, char **argv) {
         {"setup-timeout", 1, 0, 'T'}, {"settle", 1, 0, 'S'},       {"conc", 1, 0, 'c'},
         {"server-pid", 1, 0, 'i'},   {"cmd-type", 1, 0, 'C'},      {"cmd-data", 1, 0, 'D'},
         {"expect", 1, 0, 'E'},       {"depth", 1, 0, 'x'},         {"resume-timeout", 1, 0, 'R'},
-        {"ready-signal", 0, 0, 'Y'}, {"aux-pid", 1, 0, 'a'},         {0, 0, 0, 0}};
+        {"ready-signal", 0, 0, 'Y'}, {"aux-pid", 1, 0, 'a'},         {"sources", 1, 0, 'k'},
+        {"sync", 0, 0, 'G'},         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
@@ -805,10 +1040,14 @@ int main(int argc, char **argv) {
         case 'x': o_depth = atoi(optarg); break;
         case 'R': o_resume_timeout = atof(optarg); break;
         case 'Y': o_ready_signal = 1; break;
+        case 'k': o_sources = atoi(optarg); break;
+        case 'G': o_sync = 1; break;
         default: usage();
         }
     }
     if (o_port <= 0 || o_conns <= 0 || o_conc <= 0 || o_depth <= 0) usage();
+    if (o_sources < 1 || o_sources > 250) usage();
+    if (o_sync && o_mode != M_FANOUT) usage();
     if (strncmp(o_host, "127.", 4) != 0) {
         fprintf(stderr, "wsgen: refusing non-loopback host %s\n", o_host);
         return 2;
@@ -840,6 +1079,12 @@ int main(int argc, char **argv) {
     rbuf = malloc(RBUF_SIZE);
     if (o_latency) lat_hist = calloc(LAT_BUCKETS, sizeof *lat_hist);
     if (!conns || !rbuf || (o_latency && !lat_hist)) abort();
+    if (o_sync) {
+        slat_hist = calloc(SLAT_BUCKETS, sizeof *slat_hist);
+        ids_key = calloc(IDS_CAP, sizeof *ids_key);
+        ids_count = calloc(IDS_CAP, sizeof *ids_count);
+        if (!slat_hist || !ids_key || !ids_count) abort();
+    }
     for (int i = 0; i < o_conns; i++) conns[i].fd = -1;
     epfd = epoll_create1(EPOLL_CLOEXEC);
 
@@ -854,6 +1099,7 @@ int main(int argc, char **argv) {
     double t_setup = mono() - t_start;
     double srv_cpu_setup = proc_cpu(o_server_pid) - srv_cpu_setup0;
     logmsg("setup: %d open, %d failed, %d confirmed in %.2fs", g_open, g_failed, g_confirms, t_setup);
+    if (o_sync) return run_sync(t_setup);
     /* A reference server started with --wait-ready ticks only from now on. */
     if (o_ready_signal && o_server_pid > 0) kill(o_server_pid, SIGUSR2);
 

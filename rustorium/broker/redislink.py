@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import attrs
+import hiredis
 import txredisapi
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint
@@ -147,8 +148,12 @@ class CommandProtocol(txredisapi.RedisProtocol):
             kind = type(arg)
             if kind is str:
                 arg = arg.encode()
+            elif kind is float:
+                arg = format(arg, "f").encode()  # as txredisapi encodes a float
+            elif kind is bytearray:
+                arg = bytes(arg)
             elif kind is not bytes:
-                arg = self._encode_value(arg)
+                arg = str(arg).encode()
             parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
         return b"".join(parts)
 
@@ -167,8 +172,16 @@ class SubscriberProtocol(CommandProtocol):
 
     receiver: Any
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A reader of its own: txredisapi's (its private _reader) is not
+        # part of its API.
+        self._replies = hiredis.Reader(
+            protocolError=txredisapi.InvalidData, replyError=txredisapi.ResponseError
+        )
+
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-        reader = self._reader
+        reader = self._replies
         reader.feed(data)
         receiver = self.receiver
         reply = reader.gets()
