@@ -873,10 +873,13 @@ int main(int argc, char **argv) {
         cpu_jiffies(0, &b0[0], &t0[0]);
         cpu_jiffies(1, &b0[1], &t0[1]);
         double s0 = proc_cpu(o_server_pid), a0 = proc_cpu(o_aux_pid), g0 = self_cpu(), w0 = mono();
+        /* The harness may read other processes' CPU at these marks. */
+        logmsg("window start");
         lat_on = o_latency;
         loop_until(never, w0 + o_duration);
         lat_on = 0;
         double w1 = mono(), s1 = proc_cpu(o_server_pid), a1 = proc_cpu(o_aux_pid), g1 = self_cpu();
+        logmsg("window end");
         cpu_jiffies(0, &b1[0], &t1[0]);
         cpu_jiffies(1, &b1[1], &t1[1]);
         double win = w1 - w0;
