@@ -407,21 +407,31 @@ def write_next_block(
     if not rows:
         return None
     number += 1
+    # Every transaction is written as confirmed before the balance rows
+    # are locked, and the rare failed one corrected after: the rows that
+    # every node's commits lock are then held for the few statements
+    # that follow, not for the long update of a whole block's
+    # transactions (which would stall every node's acceptance).
+    for row in rows:
+        row.status = "confirmed"
+        row.block_number = number
+        row.confirmed_at = now
+    _settle(txn, dialect, rows, number, now)
     balances = _lock_balances(
         txn, dialect,
         [(r.sender, r.token_id) for r in rows] + [(r.recipient, r.token_id) for r in rows],
     )
     new_pairs = set()
     volume: dict[str, int] = {}
+    failed = []
     for row in rows:
         source = balances[row.sender, row.token_id]
         source[1] -= row.amount
-        row.block_number = number
-        row.confirmed_at = now
         if source[0] < row.amount:
             # Reservations make this impossible; kept as a guard.
             row.status = "failed"
             row.reason = "insufficient confirmed balance"
+            failed.append(row)
             continue
         source[0] -= row.amount
         target = balances.get((row.recipient, row.token_id))
@@ -429,9 +439,9 @@ def write_next_block(
             target = balances[row.recipient, row.token_id] = [0, 0]
             new_pairs.add((row.recipient, row.token_id))
         target[0] += row.amount
-        row.status = "confirmed"
         volume[row.token_id] = volume.get(row.token_id, 0) + row.amount
-    _settle(txn, dialect, rows, number, now)
+    if failed:
+        _settle(txn, dialect, failed, number, now)
     txn.executemany(
         "INSERT INTO balances (address, token_id, amount, pending_out) VALUES (?, ?, ?, ?)",
         [(*pair, str(balances[pair][0]), str(balances[pair][1])) for pair in sorted(new_pairs)],

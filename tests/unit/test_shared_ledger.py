@@ -183,6 +183,32 @@ def test_a_block_confirms_settled_transfers_in_order(ledger, engine, clock, anno
     assert result(ledger.find(late.transaction_id)).status == "pending"
 
 
+def test_a_block_fails_a_transfer_its_confirmed_balance_does_not_cover(
+    ledger, engine, clock, announced
+):
+    """
+    The guard behind the reservations: a pending transfer that the sender's
+    confirmed balance no longer covers (here made so by hand) is settled
+    as failed, moving nothing, while the others of its block confirm.
+    """
+    key = alice_key(engine)
+    covered = result(ledger.submit(key, transfer("1", sender=BOB)))
+    uncovered = result(ledger.submit(key, transfer("5")))
+    run_blocking(engine, lambda txn: txn.execute(
+        "UPDATE balances SET amount = '0' WHERE address = ? AND token_id = ?",
+        (ALICE, MTK.token_id)))
+    clock.advance(PENDING_GRACE + 0.01)
+    assert result(ledger.produce_block()) == 1
+    assert announced[-2:] == [(covered.transaction_id, "confirmed"),
+                              (uncovered.transaction_id, "failed")]
+    stored = result(ledger.find(uncovered.transaction_id))
+    assert (stored.status, stored.reason, stored.block_number) == (
+        "failed", "insufficient confirmed balance", 1)
+    assert result(ledger.find(covered.transaction_id)).status == "confirmed"
+    assert result(ledger.balance(ALICE, MTK.token_id)) == (0, 0)
+    assert result(ledger.balance(CAROL, MTK.token_id)) == (ONE, ONE)
+
+
 def test_no_second_block_within_half_an_interval(engine, clock, announced):
     """
     A node that still believes it writes the blocks cannot write one right
