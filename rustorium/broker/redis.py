@@ -56,6 +56,7 @@ would make the broker's gap detection wrong.
 """
 
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -293,6 +294,12 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+RECENT_UPDATES = 4096
+"""Updates this node received or replayed last, kept by number: a storm of
+clients resuming after the same message replays the same few updates to
+each, read and framed once."""
+
+
 @implementer(IBroker)
 class RedisBroker:
     """
@@ -382,6 +389,7 @@ class RedisBroker:
         self._listens: dict[str, _Listen] = {}
         self._channels: dict[bytes, str] = {}
         self._received: list[Update] = []
+        self._recent: OrderedDict[int, Update] = OrderedDict()
         self._last_shared = 0
         self._reserving = _Shared()
         self._demand = 0
@@ -560,6 +568,7 @@ class RedisBroker:
                 return
             if update is not None:
                 self._received.append(update)
+                self._remember(update)
         elif channel == self._control_channel:
             try:
                 message = orjson.loads(data)
@@ -576,6 +585,12 @@ class RedisBroker:
                 self.log.failure("Ignored malformed prices: {data!r}", data=data[:200])
                 return
             self._call(self.on_prices, ticks)
+
+    def _remember(self, update: Update) -> None:
+        recent = self._recent
+        recent[update.number] = update
+        if len(recent) > RECENT_UPDATES:
+            recent.popitem(last=False)
 
     def _shared_update(self, number: int, at: float, rest: bytes) -> Update | None:
         r"""
@@ -868,6 +883,7 @@ class RedisBroker:
         horizon = int(reply[2])
         base = int(reply[3])
         prepare = self._prepare
+        recent = self._recent
         updates: dict[str, list[Update]] = {}
         lost: dict[str, tuple[int, int] | None] = {}
         for index, key in enumerate(keys):
@@ -875,20 +891,21 @@ class RedisBroker:
             start = int(starts[key])
             key_updates = []
             for entry_id, fields in entries:
-                payload = fields[1]
-                if len(fields) > 8:
-                    # An update of several keys: the same in each one's
-                    # replay, so that a merged replay can keep one.
-                    first, *also = orjson.loads(fields[9])
-                    key_updates.append(
-                        Update(int(entry_id[:-2]), first, payload, prepare(payload),
-                               float(fields[7]), False, tuple(also))
-                    )
-                    continue
-                key_updates.append(
-                    Update(int(entry_id[:-2]), key, payload, prepare(payload), float(fields[7]),
-                           fields[5] == b"1")
-                )
+                number = int(entry_id[:-2])
+                update = recent.get(number)
+                if update is None:
+                    payload = fields[1]
+                    if len(fields) > 8:
+                        # An update of several keys: the same in each one's
+                        # replay, so that a merged replay can keep one.
+                        first, *also = orjson.loads(fields[9])
+                        update = Update(number, first, payload, prepare(payload),
+                                        float(fields[7]), False, tuple(also))
+                    else:
+                        update = Update(number, key, payload, prepare(payload),
+                                        float(fields[7]), fields[5] == b"1")
+                    self._remember(update)
+                key_updates.append(update)
             updates[key] = key_updates
             # The highest number that may be missing: the one before the
             # first update kept (or the key's top, if none is), and anything

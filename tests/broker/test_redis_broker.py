@@ -120,8 +120,9 @@ def nodes(redis_server, database):
         options.setdefault("reserve_ids", database.reserve)
         options.setdefault("id_block", 100)
         options.setdefault("retry_delay", lambda attempt: 0.05)
+        framing = options.pop("prepare", prepare)
         broker = RedisBroker(
-            reactor, url or redis_server.url, name, prepare, **options
+            reactor, url or redis_server.url, name, framing, **options
         )
         made.append(broker)
         node = Node(broker)
@@ -468,6 +469,36 @@ def test_replay_returns_everything_after_the_start(nodes):
     assert result.count == 7
     (later,) = yield node.broker.publish([tick(MTK, "x")])
     assert later.number == result.horizon + 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_replays_share_the_updates_a_node_received_or_read(nodes):
+    """
+    Many clients resuming after the same message get the same update
+    objects, read and framed once: those the node received live, and those
+    an earlier replay read.
+    """
+    framed = []
+
+    def counting(payload):
+        framed.append(payload)
+        return prepare(payload)
+
+    publisher = yield nodes("node-1")
+    node = yield nodes("node-2", prepare=counting)
+    old = yield publisher.broker.publish([tick(MTK, "1"), tick(MTK, "2")])
+    yield node.broker.listen(MTK)
+    live = yield publisher.broker.publish([tick(MTK, "3"), transfer("pending")])
+    yield wait_until(lambda: len(node.updates) == 1)
+    first = yield node.broker.replay({MTK: old[0].number - 1, ADDRESS: old[0].number - 1})
+    again = yield node.broker.replay({MTK: old[0].number - 1, ADDRESS: old[0].number - 1})
+    assert [u.number for u in first.updates[MTK]] == [u.number for u in (*old, live[0])]
+    assert first.updates[MTK][2] is node.updates[0], "the live update, not a copy"
+    assert all(a is b for a, b in zip(first.updates[MTK], again.updates[MTK], strict=True))
+    assert again.updates[ADDRESS][0] is first.updates[ADDRESS][0]
+    assert (again.updates[ADDRESS][0].key, again.updates[ADDRESS][0].also) == (
+        ADDRESS, (RECIPIENT,))
+    assert sorted(framed) == sorted(u.payload for u in (*old, *live)), "each framed once"
 
 
 @pytest_twisted.inlineCallbacks
