@@ -56,6 +56,7 @@ would make the broker's gap detection wrong.
 """
 
 import secrets
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -125,6 +126,9 @@ than the resume window plus the time to notice a dead connection.
 NUMBERING_ATTEMPTS = 5
 
 PUBLISH_GROUP = 64
+REPLAY_GROUP = 256
+"""The most replays (a resuming client's each) read by one script call:
+those asked for while a read is in flight share the next one."""
 """
 The most publish calls numbered by one script call. One call is in flight
 per node at a time, so a node's updates are numbered in the order it
@@ -300,6 +304,38 @@ clients resuming after the same message replays the same few updates to
 each, read and framed once."""
 
 
+@attrs.define
+class _ReplayRead:
+    """
+    What one replay script call read: the horizon, the epoch's base, and
+    per key its top and its retained updates (numbers, updates, and the
+    number before each) above the lowest start asked for.
+    """
+
+    horizon: int
+    base: int
+    keys: dict[str, tuple[int, list[int], list[Update], list[int]]] = attrs.Factory(dict)
+
+    def part(self, starts: dict[str, int]) -> ReplayResult:
+        """
+        The replay of one request, from its own starts.
+        """
+        updates: dict[str, list[Update]] = {}
+        lost: dict[str, tuple[int, int] | None] = {}
+        for key, start in starts.items():
+            start = int(start)
+            top, numbers, key_updates, previous = self.keys[key]
+            first = bisect_right(numbers, start)
+            updates[key] = key_updates[first:]
+            # The highest number that may be missing: the one before the
+            # first update kept (or the key's top, if none is), and anything
+            # before this epoch.
+            missing = previous[first] if first < len(numbers) else top
+            missing = max(missing, self.base)
+            lost[key] = (start + 1, missing) if missing > start else None
+        return ReplayResult(updates, lost, self.horizon)
+
+
 @implementer(IBroker)
 class RedisBroker:
     """
@@ -394,6 +430,9 @@ class RedisBroker:
         self._reserving = _Shared()
         self._demand = 0
         self._publishing: GroupCommit[_Batch] = GroupCommit(self._publish, PUBLISH_GROUP)
+        self._replaying: GroupCommit[dict[str, int]] = GroupCommit(
+            self._read_replays, REPLAY_GROUP
+        )
         self._seeding = _Shared()
         self._outage: str | None = None
         self._started = False
@@ -862,8 +901,42 @@ class RedisBroker:
         """
         return self._subscriber.execute("PING").addCallback(lambda _: result)
 
+    def replay(self, starts: dict[str, int]) -> Deferred:
+        """
+        See L{IBroker.replay}. Replays asked for while another is being
+        read share the next read (a reconnect storm is thousands of clients
+        asking for the same keys from the same message): one script call,
+        one barrier, each update built once, each client given its part.
+        Every one of them was asked for before that read began, so its
+        horizon is valid for each.
+        """
+        d: Deferred = Deferred()
+        starts = dict(starts)
+
+        def read(result: "_ReplayRead | Failure") -> None:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result.part(starts))
+
+        self._replaying.add(starts, read)
+        return d
+
+    def _read_replays(self, requests: list[dict[str, int]]) -> Deferred:
+        """
+        One read for several replays: every key any of them wants, from
+        the lowest start any of them has for it.
+        """
+        merged: dict[str, int] = {}
+        for starts in requests:
+            for key, start in starts.items():
+                start = int(start)
+                if start < merged.get(key, start + 1):
+                    merged[key] = start
+        return self._read_replay(merged)
+
     @inlineCallbacks
-    def replay(self, starts: dict[str, int]) -> Any:
+    def _read_replay(self, starts: dict[str, int]) -> Any:
         layout = self.keys
         keys = list(starts)
         script_keys = [layout.counter, layout.epoch]
@@ -880,16 +953,12 @@ class RedisBroker:
             raise NumberingFailed("Redis kept losing its data while reading a replay")
         self._set_epoch(reply[1].decode())
         yield self._caught_up(None)
-        horizon = int(reply[2])
-        base = int(reply[3])
         prepare = self._prepare
         recent = self._recent
-        updates: dict[str, list[Update]] = {}
-        lost: dict[str, tuple[int, int] | None] = {}
+        read = _ReplayRead(int(reply[2]), int(reply[3]))
         for index, key in enumerate(keys):
             top, entries = reply[4 + 2 * index: 6 + 2 * index]
-            start = int(starts[key])
-            key_updates = []
+            numbers, key_updates, previous = [], [], []
             for entry_id, fields in entries:
                 number = int(entry_id[:-2])
                 update = recent.get(number)
@@ -905,15 +974,11 @@ class RedisBroker:
                         update = Update(number, key, payload, prepare(payload),
                                         float(fields[7]), fields[5] == b"1")
                     self._remember(update)
+                numbers.append(number)
                 key_updates.append(update)
-            updates[key] = key_updates
-            # The highest number that may be missing: the one before the
-            # first update kept (or the key's top, if none is), and anything
-            # before this epoch.
-            missing = int(entries[0][1][3]) if entries else int(top)
-            missing = max(missing, base)
-            lost[key] = (start + 1, missing) if missing > start else None
-        return ReplayResult(updates, lost, horizon)
+                previous.append(int(fields[3]))
+            read.keys[key] = (int(top), numbers, key_updates, previous)
+        return read
 
     # Resumable subscriptions.
 

@@ -530,6 +530,38 @@ def test_replay_says_exactly_what_was_evicted(nodes):
 
 
 @pytest_twisted.inlineCallbacks
+def test_replays_asked_for_together_share_one_read(nodes):
+    """
+    Replays asked for while one is being read (a reconnect storm) share
+    the next script call, and each gets exactly what it would alone:
+    its keys, from its own start, its own losses.
+    """
+    node = yield nodes(history_size=2)
+    a1, b1 = yield node.broker.publish([tick(MTK, "a1"), tick(ETH, "b1")])
+    (a2,) = yield node.broker.publish([tick(MTK, "a2")])
+    (b2,) = yield node.broker.publish([tick(ETH, "b2")])
+    (a3,) = yield node.broker.publish([tick(MTK, "a3")])
+    asked = [{MTK: b1.number}, {MTK: a1.number - 1, ETH: b1.number - 1}, {ETH: b2.number},
+             {MTK: a3.number, ETH: 0}]
+    alone = []
+    for starts in asked:
+        alone.append((yield node.broker.replay(starts)))
+    yield sleep(0.01)
+    reads = node.broker._replaying.commits
+    together = yield gatherResults([node.broker.replay(starts) for starts in asked])
+    assert node.broker._replaying.commits - reads == 2, "the first alone, then the rest"
+    for one, shared in zip(alone, together, strict=True):
+        assert {k: [u.number for u in us] for k, us in shared.updates.items()} == {
+            k: [u.number for u in us] for k, us in one.updates.items()}
+        assert shared.lost == one.lost
+        assert shared.horizon == one.horizon == a3.number
+    assert together[1].lost == {MTK: (a1.number, a1.number), ETH: None}
+    assert [u.number for u in together[1].updates[MTK]] == [a2.number, a3.number]
+    assert [u.number for u in together[3].updates[ETH]] == [b1.number, b2.number]
+    assert together[3].lost[ETH] is not None, "from before the epoch: a possible gap"
+
+
+@pytest_twisted.inlineCallbacks
 def test_replay_drops_updates_older_than_the_age_bound(nodes):
     """
     Updates older than the history's age count as evicted, whoever
