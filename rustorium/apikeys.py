@@ -10,17 +10,19 @@ the handshake cheap.
 import hashlib
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .closecodes import CloseCode
 from .storage import Database
 from .storage.keys import (
     ApiKey,
-    find_key,
     find_key_by_id,
+    find_keys,
     insert_key,
     list_keys,
     revoke_key,
@@ -50,10 +52,18 @@ class KeyStore:
     """
     Checks presented keys against the database, so a key created or revoked
     by C{rustorium keys} while the server runs takes effect at once.
+
+    The keys presented in one reactor turn are looked up together, in one
+    database interaction (thousands of clients reconnecting at once would
+    otherwise queue one each behind the pool's few connections); the
+    lookup starts after every one of them arrived, so none is accepted on
+    a record older than its handshake.
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, clock: Any) -> None:
         self._database = database
+        self._clock = clock
+        self._waiting: list[tuple[str, Deferred]] = []
 
     def authenticate(self, key: str | None) -> "Deferred[ApiKey | None]":
         """
@@ -61,9 +71,26 @@ class KeyStore:
         """
         if not key or len(key) > _MAX_KEY_LENGTH:
             return succeed(None)
-        d = self._database.run(find_key, hash_key(key))
-        d.addCallback(lambda found: None if found is None or found.revoked else found)
+        d: Deferred = Deferred()
+        if not self._waiting:
+            self._clock.callLater(0, self._look_up)
+        self._waiting.append((hash_key(key), d))
         return d
+
+    def _look_up(self) -> None:
+        waiting, self._waiting = self._waiting, []
+
+        def found(records: dict[str, ApiKey]) -> None:
+            for key_hash, d in waiting:
+                record = records.get(key_hash)
+                d.callback(None if record is None or record.revoked else record)
+
+        def failed(failure: Failure) -> None:
+            for _, d in waiting:
+                d.errback(failure)
+
+        looked_up = self._database.run(find_keys, list({h for h, _ in waiting}))
+        looked_up.addCallbacks(found, failed)
 
     def revoked_among(self, key_ids: list[int]) -> "Deferred[set[int]]":
         """

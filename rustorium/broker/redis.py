@@ -126,9 +126,9 @@ than the resume window plus the time to notice a dead connection.
 NUMBERING_ATTEMPTS = 5
 
 PUBLISH_GROUP = 64
-REPLAY_GROUP = 256
+REPLAY_GROUP = 1024
 """The most replays (a resuming client's each) read by one script call:
-those asked for while a read is in flight share the next one."""
+those asked for in one reactor turn share one, up to this many."""
 """
 The most publish calls numbered by one script call. One call is in flight
 per node at a time, so a node's updates are numbered in the order it
@@ -430,9 +430,8 @@ class RedisBroker:
         self._reserving = _Shared()
         self._demand = 0
         self._publishing: GroupCommit[_Batch] = GroupCommit(self._publish, PUBLISH_GROUP)
-        self._replaying: GroupCommit[dict[str, int]] = GroupCommit(
-            self._read_replays, REPLAY_GROUP
-        )
+        self._replays: list[tuple[dict[str, int], Deferred]] = []
+        self.replay_reads = 0
         self._seeding = _Shared()
         self._outage: str | None = None
         self._started = False
@@ -903,37 +902,52 @@ class RedisBroker:
 
     def replay(self, starts: dict[str, int]) -> Deferred:
         """
-        See L{IBroker.replay}. Replays asked for while another is being
-        read share the next read (a reconnect storm is thousands of clients
-        asking for the same keys from the same message): one script call,
-        one barrier, each update built once, each client given its part.
-        Every one of them was asked for before that read began, so its
-        horizon is valid for each.
+        See L{IBroker.replay}. Replays asked for in the same reactor turn
+        share one read (a reconnect storm is thousands of clients asking
+        for the same keys from the same message): one script call, one
+        barrier, each update built once, each client given its part from
+        its own starts. Every one of them was asked for before that read
+        began, so its horizon is valid for each. Reads do not wait for one
+        another.
         """
+        commands = self._commands
+        if commands.protocol is None:
+            return fail(BrokerUnavailable(
+                f"Redis at {self.address} is unreachable: {commands.down_reason}"
+            ))
         d: Deferred = Deferred()
-        starts = dict(starts)
+        if not self._replays:
+            self._reactor.callLater(0, self._read_replays)
+        self._replays.append((dict(starts), d))
+        return d
 
-        def read(result: "_ReplayRead | Failure") -> None:
+    def _read_replays(self) -> None:
+        """
+        Read the replays asked for since the last turn, up to
+        L{REPLAY_GROUP} per script call: every key any of them wants, from
+        the lowest start any of them has for it.
+        """
+        queued, self._replays = self._replays, []
+        for first in range(0, len(queued), REPLAY_GROUP):
+            group = queued[first:first + REPLAY_GROUP]
+            merged: dict[str, int] = {}
+            for starts, _ in group:
+                for key, start in starts.items():
+                    start = int(start)
+                    if start < merged.get(key, start + 1):
+                        merged[key] = start
+            self.replay_reads += 1
+            self._read_replay(merged).addBoth(self._replays_read, group)
+
+    @staticmethod
+    def _replays_read(
+        result: "_ReplayRead | Failure", group: list[tuple[dict[str, int], Deferred]]
+    ) -> None:
+        for starts, d in group:
             if isinstance(result, Failure):
                 d.errback(result)
             else:
                 d.callback(result.part(starts))
-
-        self._replaying.add(starts, read)
-        return d
-
-    def _read_replays(self, requests: list[dict[str, int]]) -> Deferred:
-        """
-        One read for several replays: every key any of them wants, from
-        the lowest start any of them has for it.
-        """
-        merged: dict[str, int] = {}
-        for starts in requests:
-            for key, start in starts.items():
-                start = int(start)
-                if start < merged.get(key, start + 1):
-                    merged[key] = start
-        return self._read_replay(merged)
 
     @inlineCallbacks
     def _read_replay(self, starts: dict[str, int]) -> Any:
