@@ -127,6 +127,9 @@ NUMBERING_ATTEMPTS = 5
 
 PUBLISH_GROUP = 64
 REPLAY_GROUP = 1024
+CLAIM_GROUP = 1024
+"""The most subscriptions claimed by one script call (those claimed in one
+reactor turn share one)."""
 """The most replays (a resuming client's each) read by one script call:
 those asked for in one reactor turn share one, up to this many."""
 """
@@ -431,6 +434,7 @@ class RedisBroker:
         self._demand = 0
         self._publishing: GroupCommit[_Batch] = GroupCommit(self._publish, PUBLISH_GROUP)
         self._replays: list[tuple[dict[str, int], Deferred]] = []
+        self._claims: list[tuple[str, int, str, Deferred]] = []
         self.replay_reads = 0
         self._seeding = _Shared()
         self._outage: str | None = None
@@ -1015,22 +1019,53 @@ class RedisBroker:
         ).addCallback(lambda ids: [i.decode() for i in ids])
 
     def claim_subscription(self, subscription_id: str, owner: int, node: str) -> Deferred:
-        keys = self.keys
+        """
+        See L{IBroker.claim_subscription}. The claims of one reactor turn
+        go in one script call (a reconnect storm claims thousands).
+        """
+        commands = self._commands
+        if commands.protocol is None:
+            return fail(BrokerUnavailable(
+                f"Redis at {self.address} is unreachable: {commands.down_reason}"
+            ))
+        d: Deferred = Deferred()
+        if not self._claims:
+            self._reactor.callLater(0, self._claim_queued)
+        self._claims.append((subscription_id, owner, node, d))
+        return d
 
-        def claimed(reply: list | None) -> Claim | None:
+    def _claim_queued(self) -> None:
+        queued, self._claims = self._claims, []
+        by_node: dict[str, list[tuple[str, int, Deferred]]] = {}
+        for subscription_id, owner, node, d in queued:
+            by_node.setdefault(node, []).append((subscription_id, owner, d))
+        keys = self.keys
+        for node, claims in by_node.items():
+            for first in range(0, len(claims), CLAIM_GROUP):
+                group = claims[first:first + CLAIM_GROUP]
+                args: list[Any] = [keys.prefix, node]
+                for subscription_id, owner, _ in group:
+                    args += [subscription_id, owner]
+                self._commands.evaluate(
+                    CLAIM, [keys.subscription(i) for i, _, _ in group], args
+                ).addBoth(self._claimed, group)
+
+    @staticmethod
+    def _claimed(replies: "list | Failure", group: list[tuple[str, int, Deferred]]) -> None:
+        for index, (subscription_id, owner, d) in enumerate(group):
+            if isinstance(replies, Failure):
+                d.errback(replies)
+                continue
+            reply = replies[index]
             if reply is None:
-                return None
+                d.callback(None)
+                continue
             channel, topics, record_keys, since, previous = reply
             record = SubscriptionRecord(
                 subscription_id, owner, channel.decode(), tuple(orjson.loads(topics)),
                 tuple(orjson.loads(record_keys)), int(since),
             )
-            return Claim(record, previous.decode() if previous is not None else None)
-
-        return self._commands.evaluate(
-            CLAIM, [keys.subscription(subscription_id)],
-            [keys.prefix, subscription_id, owner, node],
-        ).addCallback(claimed)
+            d.callback(Claim(record, previous.decode() if previous is not None else None))
 
     def find_subscription(self, subscription_id: str, owner: int) -> Deferred:
         def found(fields: list) -> SubscriptionRecord | None:

@@ -1007,6 +1007,39 @@ def test_claim_checks_the_owner_and_says_where_it_was(nodes):
 
 
 @pytest_twisted.inlineCallbacks
+def test_claims_of_one_turn_share_one_script_call(nodes):
+    """
+    Claims made together (a reconnect storm) go in one call, each with
+    the outcome it would have alone, in order: the same subscription twice
+    is the second time this node's own.
+    """
+    one = yield nodes("node-1")
+    two = yield nodes("node-2")
+    yield one.broker.save_subscription(record("sub_1"))
+    yield one.broker.save_subscription(record("sub_2", owner=9))
+    yield one.broker.detach_subscription("sub_2", time.time())
+    calls = []
+    evaluate = two.broker._commands.evaluate
+
+    def counted(script, keys, args):
+        calls.append(script.name)
+        return evaluate(script, keys, args)
+
+    two.broker._commands.evaluate = counted
+    claims = yield gatherResults([
+        two.broker.claim_subscription("sub_1", 7, "node-2"),
+        two.broker.claim_subscription("sub_2", 7, "node-2"),
+        two.broker.claim_subscription("sub_2", 9, "node-2"),
+        two.broker.claim_subscription("sub_nope", 7, "node-2"),
+        two.broker.claim_subscription("sub_1", 7, "node-2"),
+    ])
+    assert calls == ["claim"]
+    assert claims == [Claim(record("sub_1"), "node-1"), None,
+                      Claim(record("sub_2", owner=9), None), None,
+                      Claim(record("sub_1"), "node-2")]
+
+
+@pytest_twisted.inlineCallbacks
 def test_find_leaves_the_subscription_as_it_is(nodes, raw):
     """
     Any node finds a subscription of its owner, attached or detached,
