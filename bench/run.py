@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cluster  # bench/cluster.py: pgcommands, clusterstorm
 import scale  # bench/scale.py: manyconn, machine100k, workers
 from servers import (  # the bench directory is on sys.path, not a package
     BENCH_DIR,
@@ -58,7 +59,8 @@ from servers import (  # the bench directory is on sys.path, not a package
 # measurement is marked noisy (some is kernel softirq work, normally < 15%).
 NOISY_PCT = 20.0
 
-SCENARIOS = ("fanout", "batch10", "broker", "latency", "idle", "commands", "reconnect")
+SCENARIOS = ("fanout", "batch10", "broker", "latency", "idle", "commands", "reconnect",
+             *cluster.SCENARIOS)
 SCENARIOS += scale.SCENARIOS
 # Scenarios that need the real protocol (commands, reconnect) only run on rustorium.
 PROTOCOL_ONLY = {"commands", "reconnect"}
@@ -369,19 +371,21 @@ class Bench:
             f"{k}={_fmt(v)}" for k, v in fig.items() if not isinstance(v, dict)))
 
     def measure(self, scenario: str, name: str, n: int, rep: int, tick: float, fn,
-                config: dict | None = None) -> None:
+                config: dict | None = None, kind: Server | None = None) -> None:
         """
         Start a fresh server, run one measurement, stop it; record errors as rows.
 
         Waits for the machine to be quiet first, and measures again (up to
         ``--retries`` times) when another process disturbed the measurement.
+        ``kind`` starts the server instead of ``self.servers[name]`` (a
+        variant of it: on PostgreSQL, a cluster).
         """
         for attempt in range(1 + max(0, self.args.retries)):
             if self.args.quiet_wait > 0:
                 wait_quiet(self.args.quiet_wait)
             server = None
             try:
-                server = self.servers[name].start(tick, config=config)
+                server = (kind or self.servers[name]).start(tick, config=config)
                 fig = fn(server)
             except (SetupError, subprocess.SubprocessError, OSError, KeyError,
                     ValueError) as exc:
@@ -458,6 +462,8 @@ class Bench:
                                          lambda s, kind=kind: commands(
                                              s, p.cmd_conns, kind, p, a.cmd_depth),
                                          config={**fast, **extra})
+                elif scenario in cluster.SCENARIOS:
+                    cluster.run(self, scenario, rep)
                 elif scenario == "reconnect":
                     for name in names:
                         self.measure(scenario, name, p.reconnect_n, rep, 0.1,
@@ -732,6 +738,9 @@ def report(rows: list[dict], scenarios: list[str]) -> list[str]:
               ["server", "dropped", "resumed", "time to all resumed", "all confirmed s",
                "replayed", "not recovered", "updates in 1 s after", "errors"], body)
     verdicts += scale.report(rows, scenarios, table, verdict, median_rows)
+    for scenario in cluster.SCENARIOS:
+        if scenario in scenarios:
+            cluster.report(scenario, rows, table, verdicts, median_rows, verdict, _fmt)
     if any(r.get("noisy") for r in rows):
         print(f"\n* another process used more than {NOISY_PCT:.0f}% of the server's or the "
               "generator's core in every repetition of that row: figures disturbed; rows "

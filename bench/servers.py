@@ -456,12 +456,20 @@ class RustoriumServer(Server):
         """The TOML lines this server's version accepts (all of them, for the current one)."""
         return lines
 
+    def database(self, workdir: Path) -> tuple[str, list]:
+        """The server's database URL and the processes started for it."""
+        return f"sqlite:{workdir / 'bench.db'}", []
+
     def start(self, tick_interval: float, config: dict | None = None) -> Running:
         port = free_port()
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
         genesis = self.genesis()
         (workdir / "genesis.json").write_text(json.dumps(genesis, indent=1))
-        database = f"sqlite:{workdir / 'bench.db'}"
+        try:
+            database, stores = self.database(workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         owner = next(iter(genesis["tokens"][0]["balances"]))
         lines = [
             "# Written by bench/servers.py for one benchmark run.",
@@ -492,6 +500,8 @@ class RustoriumServer(Server):
         try:
             broker_args, companions = self.broker(workdir)
         except BaseException:
+            for store in stores:
+                store.stop()
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         argv = [*self._twistd(), "-n", "--pidfile=", "rustorium",
@@ -500,9 +510,10 @@ class RustoriumServer(Server):
                 "--tick-interval", repr(tick_interval), "--config", str(workdir / "bench.toml"),
                 *broker_args]
         try:
-            running = self._spawn(argv, workdir, port, "", info, companions=companions)
+            running = self._spawn(argv, workdir, port, "", info,
+                                  companions=[*companions, *stores])
         except BaseException:
-            for companion in companions:
+            for companion in [*companions, *stores]:
                 companion.stop()
             raise
         if companions:

@@ -11,18 +11,20 @@ import hashlib
 import secrets
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .closecodes import CloseCode
 from .storage import Database
 from .storage.keys import (
     ApiKey,
-    find_key,
     find_key_by_id,
+    find_keys,
     insert_key,
     list_keys,
     revoke_key,
@@ -52,10 +54,18 @@ class KeyStore:
     """
     Checks presented keys against the database, so a key created or revoked
     by C{rustorium keys} while the server runs takes effect at once.
+
+    The keys presented in one reactor turn are looked up together, in one
+    database interaction (thousands of clients reconnecting at once would
+    otherwise queue one each behind the pool's few connections); the
+    lookup starts after every one of them arrived, so none is accepted on
+    a record older than its handshake.
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, clock: Any) -> None:
         self._database = database
+        self._clock = clock
+        self._waiting: list[tuple[str, Deferred]] = []
         # One record object per distinct record among the live connections:
         # a key's thousands of connections share it (the records are
         # frozen), rather than each holding its own copy (~650 bytes).
@@ -71,9 +81,26 @@ class KeyStore:
         """
         if not key or len(key) > _MAX_KEY_LENGTH:
             return succeed(None)
-        d = self._database.run(find_key, hash_key(key))
-        d.addCallback(self._valid)
+        d: Deferred = Deferred()
+        if not self._waiting:
+            self._clock.callLater(0, self._look_up)
+        self._waiting.append((hash_key(key), d))
         return d
+
+    def _look_up(self) -> None:
+        waiting, self._waiting = self._waiting, []
+
+        def found(records: dict[str, ApiKey]) -> None:
+            for key_hash, d in waiting:
+                record = records.get(key_hash)
+                d.callback(self._valid(record))
+
+        def failed(failure: Failure) -> None:
+            for _, d in waiting:
+                d.errback(failure)
+
+        looked_up = self._database.run(find_keys, list({h for h, _ in waiting}))
+        looked_up.addCallbacks(found, failed)
 
     def _valid(self, found: ApiKey | None) -> ApiKey | None:
         if found is None or found.revoked:

@@ -50,8 +50,9 @@ from .timestamps import isoformat
 from .transfers import known_token
 
 GIVE_UP = "give_up"
-"""A control message: another node resumed one of this node's
-subscriptions; stop delivering it here."""
+"""A control message: another node resumed some of this node's
+subscriptions (C{subscription_ids}; C{subscription_id} is the first, for
+nodes that know only one per message); stop delivering them here."""
 
 ASK = "ask"
 """A control message: an operator's question about this node's
@@ -205,6 +206,7 @@ class Application:
         # never reuses an id an operator may still hold.
         self._run = secrets.token_hex(3)
         self._questions: dict[str, _Question] = {}
+        self._giving_up: dict[str, list[str]] = {}
         broker.on_updates = fanout.deliver
         broker.on_control = self._control
         broker.on_lost = lambda reason: self.on_lost(reason)
@@ -228,10 +230,20 @@ class Application:
         if attached_to == self.node:
             self._give_up(subscription_id)
             return
-        d = self.broker.send_to_node(attached_to, {"type": GIVE_UP,
-                                                   "subscription_id": subscription_id})
-        d.addErrback(lambda f: self.log.failure("Telling {node} to give up {id} failed", f,
-                                                node=attached_to, id=subscription_id))
+        # One message per node per reactor turn: a reconnect storm takes
+        # over thousands of a dead node's subscriptions.
+        if not self._giving_up:
+            self.clock.callLater(0, self._send_give_ups)
+        self._giving_up.setdefault(attached_to, []).append(subscription_id)
+
+    def _send_give_ups(self) -> None:
+        giving_up, self._giving_up = self._giving_up, {}
+        for node, ids in giving_up.items():
+            d = self.broker.send_to_node(node, {"type": GIVE_UP, "subscription_id": ids[0],
+                                                "subscription_ids": ids})
+            d.addErrback(lambda f, node=node, ids=ids: self.log.failure(
+                "Telling {node} to give up {count} subscriptions failed", f,
+                node=node, count=len(ids)))
 
     def _give_up(self, subscription_id: str) -> None:
         feed = self.attached.get(subscription_id)
@@ -241,7 +253,11 @@ class Application:
     def _control(self, message: dict) -> None:
         kind = message.get("type")
         if kind == GIVE_UP:
-            self._give_up(str(message.get("subscription_id")))
+            ids = message.get("subscription_ids")
+            if not isinstance(ids, list):
+                ids = [message.get("subscription_id")]
+            for subscription_id in ids:
+                self._give_up(str(subscription_id))
         elif kind == ASK:
             self._answer_question(message)
         elif kind == ANSWER:

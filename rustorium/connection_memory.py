@@ -20,21 +20,14 @@ Autobahn server protocol larger than it needs to be once it is open:
    replaced by an empty tuple until a send needs it (see
    L{needs_send_queue}).
 
-Together: about 3.5 KiB less per open connection (measured with the probe
-in C{docs/benchmarks.rst}, "Memory per connection").
-
-Autobahn also builds a C{pformat} of those options for a debug log line on
-every connection, whether or not debug logging is on: 0.14 ms
-of CPU per handshake. L{lazy_option_log} makes that formatting lazy.
+Together: about 6 KiB less per open connection (12.5 KiB of RSS per idle
+connection before, 6.6 KiB after, 3,000 connections; see
+C{docs/benchmarks.rst}).
 """
 
 import types
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
-
-from autobahn.websocket import protocol as _autobahn_protocol
 
 HANDSHAKE_ONLY = (
     "http_request_data",
@@ -117,42 +110,3 @@ def needs_send_queue(connection: Any) -> None:
     """
     if connection.send_queue is NO_SEND_QUEUE:
         connection.send_queue = deque()
-
-
-class _LazyFormat:
-    """
-    Formats its object with the real C{pformat} only when the log line is
-    actually written.
-    """
-
-    __slots__ = ("_kwargs", "_object")
-
-    def __init__(self, object: Any, **kwargs: Any) -> None:
-        self._object = object
-        self._kwargs = kwargs
-
-    def __str__(self) -> str:
-        return _real_pformat(self._object, **self._kwargs)
-
-    __repr__ = __str__
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-
-_real_pformat = _autobahn_protocol.pformat
-
-
-@contextmanager
-def lazy_option_log() -> Iterator[None]:
-    """
-    While it lasts, Autobahn's C{pformat} is lazy: its per-connection log
-    line of the protocol options (C{_connectionMade}) is formatted only if
-    a debug observer writes it. Only that call is wrapped: Autobahn's other
-    uses of C{pformat} return strings, as they must.
-    """
-    _autobahn_protocol.pformat = _LazyFormat
-    try:
-        yield
-    finally:
-        _autobahn_protocol.pformat = _real_pformat

@@ -405,7 +405,8 @@ class Feed:
 
     def _stream(self, updates: Iterator[Update]) -> Deferred:
         """
-        Send C{updates} a chunk per reactor turn; fires when all are out.
+        Send C{updates} a chunk per reactor turn, each chunk in one write;
+        fires when all are out.
         """
         done: Deferred = Deferred()
         clock = self._app.clock
@@ -415,9 +416,7 @@ class Feed:
                 done.callback(None)
                 return
             batch = list(islice(updates, REPLAY_CHUNK))
-            deliver = self._sink.deliver
-            for update in batch:
-                deliver(update)
+            self._send(batch)
             if len(batch) == REPLAY_CHUNK:
                 clock.callLater(0, chunk)
             else:
@@ -515,9 +514,21 @@ class Feed:
             u for u in held
             if u.number > horizon or not (every or (u.conflatable and u.key in keys))
         ]
-        deliver = self._sink.deliver
-        for update in merge_once((kept, extra)):
-            deliver(update)
+        self._send(merge_once((kept, extra)))
+
+    def _send(self, updates: Iterable[Update]) -> None:
+        """
+        Send updates in order in one write, as the fan-out sends a batch
+        (a reconnect's replay is often dozens of updates: one system call
+        rather than one each).
+        """
+        sink = self._sink
+        queued = False
+        for update in updates:
+            if sink.enqueue(update):
+                queued = True
+        if queued:
+            sink.flush()
 
     def _abandon(self, failure: Failure, keys: Iterable[str]) -> Failure:
         """

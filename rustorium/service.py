@@ -349,7 +349,7 @@ class RustoriumService(MultiService):
             lambda rows: app.announce_transactions(rows),
         )
         self.app = app = Application(
-            settings, reactor, node, catalog, ledger, broker, Fanout(), KeyStore(database),
+            settings, reactor, node, catalog, ledger, broker, Fanout(), KeyStore(database, reactor),
             (engine.module.OperationalError, engine.module.InterfaceError),
         )
         self.server = server = Server(app, app.keys)

@@ -13,6 +13,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from . import __version__, tls
+from .collector import CollectorService
 from .config import SETTINGS, ConfigError, Settings, load_toml
 from .genesis import GenesisError, load_genesis
 from .service import ListenError, RustoriumService
@@ -161,8 +162,14 @@ def _child_twistd_args(argv: list[str]) -> list[str]:
 class _CommandService(RustoriumService):
     """
     The service as ``twistd rustorium`` runs it: an endpoint that cannot
-    listen ends the process with one line, not twistd's traceback.
+    listen ends the process with one line, not twistd's traceback; the
+    process is the server's, so full garbage collections are paced for it
+    (L{CollectorService}).
     """
+
+    def __init__(self, settings: Settings, reactor: Any) -> None:
+        super().__init__(settings, reactor)
+        CollectorService(reactor).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         try:

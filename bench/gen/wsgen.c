@@ -20,7 +20,10 @@
  *   reconnect  N clients subscribe and receive an update, then all are
  *              dropped at once and reconnect with a "reconnect" message;
  *              measures the time until every one got reconnect_confirmation
- *              and the updates it announced as replayed.
+ *              and the updates it announced as replayed.  With --kill-pid,
+ *              that process (the clients' node) is SIGKILLed at the drop,
+ *              and with --reconnect-port the clients reconnect to another
+ *              node: a cluster's node dies and its clients resume elsewhere.
  *
  * With --ready-signal, SIGUSR2 goes to --server-pid once every client is set
  * up (see bench/node/server.js --wait-ready).
@@ -120,6 +123,8 @@ static double o_resume_timeout = 60.0;
 static int o_ready_signal = 0;
 static int o_sources = 1;
 static int o_sync = 0;
+static int o_reconnect_port = 0; /* reconnect pass: another node's port */
+static int o_kill_pid = 0;       /* reconnect pass: SIGKILL this first */
 
 /* ---- state ---- */
 static struct conn *conns;
@@ -462,6 +467,11 @@ static void conn_fail(struct conn *c, int peer) {
 
 static const char HS_KEY[] = "dGhlIHNhbXBsZSBub25jZQ==";
 
+/* The port a connection goes to: the reconnect pass may go to another node. */
+static int conn_port(const struct conn *c) {
+    return c->pass == 1 && o_reconnect_port > 0 ? o_reconnect_port : o_port;
+}
+
 static void start_connect(struct conn *c) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -487,7 +497,7 @@ static void start_connect(struct conn *c) {
             return;
         }
     }
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)o_port)};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)conn_port(c))};
     inet_pton(AF_INET, o_host, &sa.sin_addr);
     c->fd = fd;
     c->state = S_CONNECTING;
@@ -514,7 +524,7 @@ static void on_connected(struct conn *c) {
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                     o_path, o_host, o_port, HS_KEY);
+                     o_path, o_host, conn_port(c), HS_KEY);
     c->state = S_HS;
     want_write(c, 0);
     raw_send(c, req, (size_t)n);
@@ -997,7 +1007,9 @@ static void usage(void) {
             "  [--cmd-type T --cmd-data JSON --expect TYPE --depth D] [--resume-timeout S]\n"
             "  [--ready-signal]  (send SIGUSR2 to --server-pid once all clients are set up)\n"
             "  [--sources K]  (bind clients round-robin to 127.0.0.1 .. 127.0.0.K)\n"
-            "  [--sync]  (fanout: READY on stdout, then wait for \"GO T0_US T1_US DRAIN_S\" on stdin)\n");
+            "  [--sync]  (fanout: READY on stdout, then wait for \"GO T0_US T1_US DRAIN_S\" on stdin)\n"
+            "  [--kill-pid PID] [--reconnect-port P]  (reconnect: kill the clients' node at the\n"
+            "   drop, reconnect to another node)\n");
     exit(2);
 }
 
@@ -1010,7 +1022,9 @@ int main(int argc, char **argv) {
         {"server-pid", 1, 0, 'i'},   {"cmd-type", 1, 0, 'C'},      {"cmd-data", 1, 0, 'D'},
         {"expect", 1, 0, 'E'},       {"depth", 1, 0, 'x'},         {"resume-timeout", 1, 0, 'R'},
         {"ready-signal", 0, 0, 'Y'}, {"aux-pid", 1, 0, 'a'},         {"sources", 1, 0, 'k'},
-        {"sync", 0, 0, 'G'},         {0, 0, 0, 0}};
+        {"sync", 0, 0, 'G'},
+        {"kill-pid", 1, 0, 'K'},
+        {"reconnect-port", 1, 0, 'r'}, {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
@@ -1042,6 +1056,8 @@ int main(int argc, char **argv) {
         case 'Y': o_ready_signal = 1; break;
         case 'k': o_sources = atoi(optarg); break;
         case 'G': o_sync = 1; break;
+        case 'K': o_kill_pid = atoi(optarg); break;
+        case 'r': o_reconnect_port = atoi(optarg); break;
         default: usage();
         }
     }
@@ -1119,10 +1135,13 @@ int main(int argc, char **argv) {
         cpu_jiffies(0, &b0[0], &t0[0]);
         cpu_jiffies(1, &b0[1], &t0[1]);
         double s0 = proc_cpu(o_server_pid), a0 = proc_cpu(o_aux_pid), g0 = self_cpu(), w0 = mono();
+        /* The harness may read other processes' CPU at these marks. */
+        logmsg("window start");
         lat_on = o_latency;
         loop_until(never, w0 + o_duration);
         lat_on = 0;
         double w1 = mono(), s1 = proc_cpu(o_server_pid), a1 = proc_cpu(o_aux_pid), g1 = self_cpu();
+        logmsg("window end");
         cpu_jiffies(0, &b1[0], &t1[0]);
         cpu_jiffies(1, &b1[1], &t1[1]);
         double win = w1 - w0;
@@ -1150,7 +1169,9 @@ int main(int argc, char **argv) {
     } else { /* reconnect */
         int ready = g_ready_conns;
         uint64_t upd_before = g_updates;
-        double t_drop = mono(), s0 = proc_cpu(o_server_pid);
+        double t_drop = mono(), s0 = proc_cpu(o_server_pid), a0 = proc_cpu(o_aux_pid);
+        if (o_kill_pid > 0 && kill(o_kill_pid, SIGKILL) != 0)
+            logmsg("kill %d: %s", o_kill_pid, strerror(errno));
         for (int i = 0; i < o_conns; i++) {
             struct conn *c = &conns[i];
             if (c->fd >= 0) {
@@ -1165,7 +1186,7 @@ int main(int argc, char **argv) {
         g_open = g_pending = g_failed = 0;
         g_next_to_connect = 0;
         loop_until(all_resumed, t_drop + o_resume_timeout);
-        double t_all = mono() - t_drop, s1 = proc_cpu(o_server_pid);
+        double t_all = mono() - t_drop, s1 = proc_cpu(o_server_pid), a1 = proc_cpu(o_aux_pid);
         /* Keep the resumed clients a moment to count what arrives after the
          * confirmation (replayed and live updates). */
         uint64_t upd_resumed = g_updates;
@@ -1174,12 +1195,14 @@ int main(int argc, char **argv) {
                "\"confirmed\":%d,\"resume_errors\":%d,\"not_resumed\":%d,"
                "\"not_recovered\":%d,\"replayed_claimed\":%lld,"
                "\"reconnect_failed\":%d,\"updates_until_resumed\":%llu,"
-               "\"updates_after_resumed\":%llu,\"after_s\":%.2f,\"server_cpu_s\":%.4f",
+               "\"updates_after_resumed\":%llu,\"after_s\":%.2f,\"server_cpu_s\":%.4f,"
+               "\"aux_cpu_s\":%.4f",
                ready, t_all, g_confirmed_resume ? g_t_last_conf - t_drop : -1.0, g_reconf,
                g_confirmed_resume, g_resume_err, g_not_resumed, g_not_recovered,
                g_replayed_claimed, g_failed,
                (unsigned long long)(upd_resumed - upd_before),
-               (unsigned long long)(g_updates - upd_resumed), o_settle, s0 >= 0 ? s1 - s0 : -1.0);
+               (unsigned long long)(g_updates - upd_resumed), o_settle, s0 >= 0 ? s1 - s0 : -1.0,
+               a0 >= 0 && a1 >= 0 ? a1 - a0 : -1.0);
     }
     printf(",\"update_bytes_avg\":%.1f", g_updates ? (double)g_update_bytes / (double)g_updates : 0.0);
     printf(",\"updates_total\":%llu,\"heartbeats\":%llu,\"other_msgs\":%llu,\"errors\":{", (unsigned long long)g_updates,

@@ -56,6 +56,8 @@ would make the broker's gap detection wrong.
 """
 
 import secrets
+from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -124,6 +126,12 @@ than the resume window plus the time to notice a dead connection.
 NUMBERING_ATTEMPTS = 5
 
 PUBLISH_GROUP = 64
+REPLAY_GROUP = 1024
+CLAIM_GROUP = 1024
+"""The most subscriptions claimed by one script call (those claimed in one
+reactor turn share one)."""
+"""The most replays (a resuming client's each) read by one script call:
+those asked for in one reactor turn share one, up to this many."""
 """
 The most publish calls numbered by one script call. One call is in flight
 per node at a time, so a node's updates are numbered in the order it
@@ -293,6 +301,44 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+RECENT_UPDATES = 4096
+"""Updates this node received or replayed last, kept by number: a storm of
+clients resuming after the same message replays the same few updates to
+each, read and framed once."""
+
+
+@attrs.define
+class _ReplayRead:
+    """
+    What one replay script call read: the horizon, the epoch's base, and
+    per key its top and its retained updates (numbers, updates, and the
+    number before each) above the lowest start asked for.
+    """
+
+    horizon: int
+    base: int
+    keys: dict[str, tuple[int, list[int], list[Update], list[int]]] = attrs.Factory(dict)
+
+    def part(self, starts: dict[str, int]) -> ReplayResult:
+        """
+        The replay of one request, from its own starts.
+        """
+        updates: dict[str, list[Update]] = {}
+        lost: dict[str, tuple[int, int] | None] = {}
+        for key, start in starts.items():
+            start = int(start)
+            top, numbers, key_updates, previous = self.keys[key]
+            first = bisect_right(numbers, start)
+            updates[key] = key_updates[first:]
+            # The highest number that may be missing: the one before the
+            # first update kept (or the key's top, if none is), and anything
+            # before this epoch.
+            missing = previous[first] if first < len(numbers) else top
+            missing = max(missing, self.base)
+            lost[key] = (start + 1, missing) if missing > start else None
+        return ReplayResult(updates, lost, self.horizon)
+
+
 @implementer(IBroker)
 class RedisBroker:
     """
@@ -382,10 +428,14 @@ class RedisBroker:
         self._listens: dict[str, _Listen] = {}
         self._channels: dict[bytes, str] = {}
         self._received: list[Update] = []
+        self._recent: OrderedDict[int, Update] = OrderedDict()
         self._last_shared = 0
         self._reserving = _Shared()
         self._demand = 0
         self._publishing: GroupCommit[_Batch] = GroupCommit(self._publish, PUBLISH_GROUP)
+        self._replays: list[tuple[dict[str, int], Deferred]] = []
+        self._claims: list[tuple[str, int, str, Deferred]] = []
+        self.replay_reads = 0
         self._seeding = _Shared()
         self._outage: str | None = None
         self._started = False
@@ -560,6 +610,7 @@ class RedisBroker:
                 return
             if update is not None:
                 self._received.append(update)
+                self._remember(update)
         elif channel == self._control_channel:
             try:
                 message = orjson.loads(data)
@@ -576,6 +627,12 @@ class RedisBroker:
                 self.log.failure("Ignored malformed prices: {data!r}", data=data[:200])
                 return
             self._call(self.on_prices, ticks)
+
+    def _remember(self, update: Update) -> None:
+        recent = self._recent
+        recent[update.number] = update
+        if len(recent) > RECENT_UPDATES:
+            recent.popitem(last=False)
 
     def _shared_update(self, number: int, at: float, rest: bytes) -> Update | None:
         r"""
@@ -847,8 +904,57 @@ class RedisBroker:
         """
         return self._subscriber.execute("PING").addCallback(lambda _: result)
 
+    def replay(self, starts: dict[str, int]) -> Deferred:
+        """
+        See L{IBroker.replay}. Replays asked for in the same reactor turn
+        share one read (a reconnect storm is thousands of clients asking
+        for the same keys from the same message): one script call, one
+        barrier, each update built once, each client given its part from
+        its own starts. Every one of them was asked for before that read
+        began, so its horizon is valid for each. Reads do not wait for one
+        another.
+        """
+        commands = self._commands
+        if commands.protocol is None:
+            return fail(BrokerUnavailable(
+                f"Redis at {self.address} is unreachable: {commands.down_reason}"
+            ))
+        d: Deferred = Deferred()
+        if not self._replays:
+            self._reactor.callLater(0, self._read_replays)
+        self._replays.append((dict(starts), d))
+        return d
+
+    def _read_replays(self) -> None:
+        """
+        Read the replays asked for since the last turn, up to
+        L{REPLAY_GROUP} per script call: every key any of them wants, from
+        the lowest start any of them has for it.
+        """
+        queued, self._replays = self._replays, []
+        for first in range(0, len(queued), REPLAY_GROUP):
+            group = queued[first:first + REPLAY_GROUP]
+            merged: dict[str, int] = {}
+            for starts, _ in group:
+                for key, start in starts.items():
+                    start = int(start)
+                    if start < merged.get(key, start + 1):
+                        merged[key] = start
+            self.replay_reads += 1
+            self._read_replay(merged).addBoth(self._replays_read, group)
+
+    @staticmethod
+    def _replays_read(
+        result: "_ReplayRead | Failure", group: list[tuple[dict[str, int], Deferred]]
+    ) -> None:
+        for starts, d in group:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result.part(starts))
+
     @inlineCallbacks
-    def replay(self, starts: dict[str, int]) -> Any:
+    def _read_replay(self, starts: dict[str, int]) -> Any:
         layout = self.keys
         keys = list(starts)
         script_keys = [layout.counter, layout.epoch]
@@ -865,38 +971,32 @@ class RedisBroker:
             raise NumberingFailed("Redis kept losing its data while reading a replay")
         self._set_epoch(reply[1].decode())
         yield self._caught_up(None)
-        horizon = int(reply[2])
-        base = int(reply[3])
         prepare = self._prepare
-        updates: dict[str, list[Update]] = {}
-        lost: dict[str, tuple[int, int] | None] = {}
+        recent = self._recent
+        read = _ReplayRead(int(reply[2]), int(reply[3]))
         for index, key in enumerate(keys):
             top, entries = reply[4 + 2 * index: 6 + 2 * index]
-            start = int(starts[key])
-            key_updates = []
+            numbers, key_updates, previous = [], [], []
             for entry_id, fields in entries:
-                payload = fields[1]
-                if len(fields) > 8:
-                    # An update of several keys: the same in each one's
-                    # replay, so that a merged replay can keep one.
-                    first, *also = orjson.loads(fields[9])
-                    key_updates.append(
-                        Update(int(entry_id[:-2]), first, payload, prepare(payload),
-                               float(fields[7]), False, tuple(also))
-                    )
-                    continue
-                key_updates.append(
-                    Update(int(entry_id[:-2]), key, payload, prepare(payload), float(fields[7]),
-                           fields[5] == b"1")
-                )
-            updates[key] = key_updates
-            # The highest number that may be missing: the one before the
-            # first update kept (or the key's top, if none is), and anything
-            # before this epoch.
-            missing = int(entries[0][1][3]) if entries else int(top)
-            missing = max(missing, base)
-            lost[key] = (start + 1, missing) if missing > start else None
-        return ReplayResult(updates, lost, horizon)
+                number = int(entry_id[:-2])
+                update = recent.get(number)
+                if update is None:
+                    payload = fields[1]
+                    if len(fields) > 8:
+                        # An update of several keys: the same in each one's
+                        # replay, so that a merged replay can keep one.
+                        first, *also = orjson.loads(fields[9])
+                        update = Update(number, first, payload, prepare(payload),
+                                        float(fields[7]), False, tuple(also))
+                    else:
+                        update = Update(number, key, payload, prepare(payload),
+                                        float(fields[7]), fields[5] == b"1")
+                    self._remember(update)
+                numbers.append(number)
+                key_updates.append(update)
+                previous.append(int(fields[3]))
+            read.keys[key] = (int(top), numbers, key_updates, previous)
+        return read
 
     # Resumable subscriptions.
 
@@ -919,22 +1019,53 @@ class RedisBroker:
         ).addCallback(lambda ids: [i.decode() for i in ids])
 
     def claim_subscription(self, subscription_id: str, owner: int, node: str) -> Deferred:
-        keys = self.keys
+        """
+        See L{IBroker.claim_subscription}. The claims of one reactor turn
+        go in one script call (a reconnect storm claims thousands).
+        """
+        commands = self._commands
+        if commands.protocol is None:
+            return fail(BrokerUnavailable(
+                f"Redis at {self.address} is unreachable: {commands.down_reason}"
+            ))
+        d: Deferred = Deferred()
+        if not self._claims:
+            self._reactor.callLater(0, self._claim_queued)
+        self._claims.append((subscription_id, owner, node, d))
+        return d
 
-        def claimed(reply: list | None) -> Claim | None:
+    def _claim_queued(self) -> None:
+        queued, self._claims = self._claims, []
+        by_node: dict[str, list[tuple[str, int, Deferred]]] = {}
+        for subscription_id, owner, node, d in queued:
+            by_node.setdefault(node, []).append((subscription_id, owner, d))
+        keys = self.keys
+        for node, claims in by_node.items():
+            for first in range(0, len(claims), CLAIM_GROUP):
+                group = claims[first:first + CLAIM_GROUP]
+                args: list[Any] = [keys.prefix, node]
+                for subscription_id, owner, _ in group:
+                    args += [subscription_id, owner]
+                self._commands.evaluate(
+                    CLAIM, [keys.subscription(i) for i, _, _ in group], args
+                ).addBoth(self._claimed, group)
+
+    @staticmethod
+    def _claimed(replies: "list | Failure", group: list[tuple[str, int, Deferred]]) -> None:
+        for index, (subscription_id, owner, d) in enumerate(group):
+            if isinstance(replies, Failure):
+                d.errback(replies)
+                continue
+            reply = replies[index]
             if reply is None:
-                return None
+                d.callback(None)
+                continue
             channel, topics, record_keys, since, previous = reply
             record = SubscriptionRecord(
                 subscription_id, owner, channel.decode(), tuple(orjson.loads(topics)),
                 tuple(orjson.loads(record_keys)), int(since),
             )
-            return Claim(record, previous.decode() if previous is not None else None)
-
-        return self._commands.evaluate(
-            CLAIM, [keys.subscription(subscription_id)],
-            [keys.prefix, subscription_id, owner, node],
-        ).addCallback(claimed)
+            d.callback(Claim(record, previous.decode() if previous is not None else None))
 
     def find_subscription(self, subscription_id: str, owner: int) -> Deferred:
         def found(fields: list) -> SubscriptionRecord | None:

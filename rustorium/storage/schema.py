@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from .engines import IDatabaseEngine
 
-LATEST_VERSION = 4
+LATEST_VERSION = 5
 
 log = Logger()
 

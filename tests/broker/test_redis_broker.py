@@ -120,8 +120,9 @@ def nodes(redis_server, database):
         options.setdefault("reserve_ids", database.reserve)
         options.setdefault("id_block", 100)
         options.setdefault("retry_delay", lambda attempt: 0.05)
+        framing = options.pop("prepare", prepare)
         broker = RedisBroker(
-            reactor, url or redis_server.url, name, prepare, **options
+            reactor, url or redis_server.url, name, framing, **options
         )
         made.append(broker)
         node = Node(broker)
@@ -471,6 +472,36 @@ def test_replay_returns_everything_after_the_start(nodes):
 
 
 @pytest_twisted.inlineCallbacks
+def test_replays_share_the_updates_a_node_received_or_read(nodes):
+    """
+    Many clients resuming after the same message get the same update
+    objects, read and framed once: those the node received live, and those
+    an earlier replay read.
+    """
+    framed = []
+
+    def counting(payload):
+        framed.append(payload)
+        return prepare(payload)
+
+    publisher = yield nodes("node-1")
+    node = yield nodes("node-2", prepare=counting)
+    old = yield publisher.broker.publish([tick(MTK, "1"), tick(MTK, "2")])
+    yield node.broker.listen(MTK)
+    live = yield publisher.broker.publish([tick(MTK, "3"), transfer("pending")])
+    yield wait_until(lambda: len(node.updates) == 1)
+    first = yield node.broker.replay({MTK: old[0].number - 1, ADDRESS: old[0].number - 1})
+    again = yield node.broker.replay({MTK: old[0].number - 1, ADDRESS: old[0].number - 1})
+    assert [u.number for u in first.updates[MTK]] == [u.number for u in (*old, live[0])]
+    assert first.updates[MTK][2] is node.updates[0], "the live update, not a copy"
+    assert all(a is b for a, b in zip(first.updates[MTK], again.updates[MTK], strict=True))
+    assert again.updates[ADDRESS][0] is first.updates[ADDRESS][0]
+    assert (again.updates[ADDRESS][0].key, again.updates[ADDRESS][0].also) == (
+        ADDRESS, (RECIPIENT,))
+    assert sorted(framed) == sorted(u.payload for u in (*old, *live)), "each framed once"
+
+
+@pytest_twisted.inlineCallbacks
 def test_replay_says_exactly_what_was_evicted(nodes):
     """
     History is trimmed to its size; a replay reports a loss only when an
@@ -496,6 +527,37 @@ def test_replay_says_exactly_what_was_evicted(nodes):
     assert result.updates[MTK] == [] and result.lost[MTK] is None
     assert result.horizon == a3.number
     assert b2.number < a3.number
+
+
+@pytest_twisted.inlineCallbacks
+def test_replays_asked_for_together_share_one_read(nodes):
+    """
+    Replays asked for in one turn (a reconnect storm) share one script
+    call, and each gets exactly what it would alone: its keys, from its
+    own start, its own losses.
+    """
+    node = yield nodes(history_size=2)
+    a1, b1 = yield node.broker.publish([tick(MTK, "a1"), tick(ETH, "b1")])
+    (a2,) = yield node.broker.publish([tick(MTK, "a2")])
+    (b2,) = yield node.broker.publish([tick(ETH, "b2")])
+    (a3,) = yield node.broker.publish([tick(MTK, "a3")])
+    asked = [{MTK: b1.number}, {MTK: a1.number - 1, ETH: b1.number - 1}, {ETH: b2.number},
+             {MTK: a3.number, ETH: 0}]
+    alone = []
+    for starts in asked:
+        alone.append((yield node.broker.replay(starts)))
+    reads = node.broker.replay_reads
+    together = yield gatherResults([node.broker.replay(starts) for starts in asked])
+    assert node.broker.replay_reads - reads == 1
+    for one, shared in zip(alone, together, strict=True):
+        assert {k: [u.number for u in us] for k, us in shared.updates.items()} == {
+            k: [u.number for u in us] for k, us in one.updates.items()}
+        assert shared.lost == one.lost
+        assert shared.horizon == one.horizon == a3.number
+    assert together[1].lost == {MTK: (a1.number, a1.number), ETH: None}
+    assert [u.number for u in together[1].updates[MTK]] == [a2.number, a3.number]
+    assert [u.number for u in together[3].updates[ETH]] == [b1.number, b2.number]
+    assert together[3].lost[ETH] is not None, "from before the epoch: a possible gap"
 
 
 @pytest_twisted.inlineCallbacks
@@ -942,6 +1004,39 @@ def test_claim_checks_the_owner_and_says_where_it_was(nodes):
     assert claim == Claim(record(), None)
     assert (yield two.broker.remove_subscription("sub_1"))
     assert (yield one.broker.claim_subscription("sub_1", 7, "node-1")) is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_claims_of_one_turn_share_one_script_call(nodes):
+    """
+    Claims made together (a reconnect storm) go in one call, each with
+    the outcome it would have alone, in order: the same subscription twice
+    is the second time this node's own.
+    """
+    one = yield nodes("node-1")
+    two = yield nodes("node-2")
+    yield one.broker.save_subscription(record("sub_1"))
+    yield one.broker.save_subscription(record("sub_2", owner=9))
+    yield one.broker.detach_subscription("sub_2", time.time())
+    calls = []
+    evaluate = two.broker._commands.evaluate
+
+    def counted(script, keys, args):
+        calls.append(script.name)
+        return evaluate(script, keys, args)
+
+    two.broker._commands.evaluate = counted
+    claims = yield gatherResults([
+        two.broker.claim_subscription("sub_1", 7, "node-2"),
+        two.broker.claim_subscription("sub_2", 7, "node-2"),
+        two.broker.claim_subscription("sub_2", 9, "node-2"),
+        two.broker.claim_subscription("sub_nope", 7, "node-2"),
+        two.broker.claim_subscription("sub_1", 7, "node-2"),
+    ])
+    assert calls == ["claim"]
+    assert claims == [Claim(record("sub_1"), "node-1"), None,
+                      Claim(record("sub_2", owner=9), None), None,
+                      Claim(record("sub_1"), "node-2")]
 
 
 @pytest_twisted.inlineCallbacks

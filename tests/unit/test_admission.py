@@ -15,7 +15,7 @@ from rustorium.admission import GuardedChannel, default_max_connections
 from rustorium.web import build_site
 from rustorium.websocket import RustoriumServerFactory, prepare_frame
 from tests.helpers import KEY, make_server
-from tests.unit.test_websocket import GOOD_KEY, Transport, handshake, status
+from tests.unit.test_websocket import GOOD_KEY, Transport, client_frame, handshake, status
 
 
 class Site:
@@ -221,3 +221,33 @@ def test_timeouts_logged_at_most_every_ten_seconds(clock):
     assert len(lines) == 2
     assert "4 more since" in lines[1]
     assert site.server.counters.handshake_timeouts == 6
+
+
+def test_an_upgraded_connection_leaves_no_http_garbage(clock):
+    """
+    Once the WebSocket protocol takes a connection over, its HTTP channel
+    and request are freed at once (no reference cycle left for the
+    collector's next full pass, 1.3 KiB a connection), and the WebSocket
+    connection works on.
+    """
+    import gc
+    import weakref
+
+    site = Site(clock)
+    channel, transport = site.connect()
+    channel.dataReceived(handshake())
+    assert status(transport.value()) == 101
+    websocket = transport.protocol
+    gone = weakref.ref(channel)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del channel
+        assert gone() is None, "the HTTP channel is freed without the collector"
+    finally:
+        if enabled:
+            gc.enable()
+    transport.clear()
+    websocket.dataReceived(client_frame(b'{"id":"1","type":"ping"}'))
+    clock.advance(0)
+    assert b'"pong"' in transport.value()

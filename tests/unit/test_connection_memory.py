@@ -1,18 +1,15 @@
 """
 What an open connection keeps (rustorium.connection_memory): the protocol
 options on the class, the handshake's leftovers dropped, Autobahn's send
-queue only when a send needs it, the options' debug line formatted lazily,
-and one API key record shared by a key's connections.
+queue only when a send needs it, and one API key record shared by a key's
+connections; and reads that skip the adapter's debug formatting.
 """
 
 import gc
 
-import txaio
 from autobahn.websocket import protocol as autobahn_protocol
 from twisted.internet.defer import succeed
-from twisted.logger import LogLevel, globalLogPublisher
 
-from rustorium import connection_memory
 from rustorium.apikeys import KeyStore
 from rustorium.connection_memory import HANDSHAKE_ONLY, NO_SEND_QUEUE
 from rustorium.storage.keys import ApiKey
@@ -78,43 +75,12 @@ def test_a_queued_send_gets_a_queue_of_its_own(clock):
     assert NO_SEND_QUEUE == ()
 
 
-def test_option_log_is_formatted_only_when_written(clock, monkeypatch):
-    calls = []
-    real = connection_memory._real_pformat
-    monkeypatch.setattr(connection_memory, "_real_pformat",
-                        lambda *a, **k: calls.append(a) or real(*a, **k))
-    Peer(clock)
-    assert calls == []
-    # Autobahn's module is left as it was found.
-    assert autobahn_protocol.pformat is not connection_memory._LazyFormat
-
-    lines = []
-
-    def observer(event):
-        if event.get("log_level") == LogLevel.debug and "attrs" in event:
-            lines.append(str(event["attrs"]))
-
-    level = txaio.get_global_log_level()
-    txaio.set_global_log_level("debug")
-    globalLogPublisher.addObserver(observer)
-    try:
-        Peer(clock)
-    finally:
-        globalLogPublisher.removeObserver(observer)
-        txaio.set_global_log_level(level)
-    assert len(calls) == 1
-    assert lines and "maxMessagePayloadSize" in lines[0]
-
-
 def test_autobahn_still_has_what_this_relies_on():
     """
     A guard: if an Autobahn release renames these, the savings stop (the
     server still works, on Autobahn's own path); this test says which.
     """
-    source = autobahn_protocol.WebSocketProtocol._connectionMade.__code__.co_names
-    assert "pformat" in source, "Autobahn's _connectionMade no longer calls pformat"
     assert "send_queue" in autobahn_protocol.WebSocketProtocol.sendData.__code__.co_names
-    assert hasattr(autobahn_protocol, "pformat")
     assert "CONFIG_ATTRS" in dir(autobahn_protocol.WebSocketServerProtocol)
 
 
@@ -127,18 +93,19 @@ class _FreshRecords:
     def __init__(self, row):
         self.row = row
 
-    def run(self, function, *args):
-        return succeed(ApiKey(*self.row))
+    def run(self, function, hashes):
+        return succeed({key_hash: ApiKey(*self.row) for key_hash in hashes})
 
 
-def test_a_keys_connections_share_one_record():
+def test_a_keys_connections_share_one_record(clock):
     row = [7, "bot", frozenset({"0x" + "1" * 40}), "2026-11-30T00:00:00Z", None]
     database = _FreshRecords(row)
-    store = KeyStore(database)
+    store = KeyStore(database, clock)
 
     def authenticate():
         found = []
         store.authenticate("rk_" + "x" * 43).addCallback(found.append)
+        clock.advance(0)
         return found[0]
 
     first, second = authenticate(), authenticate()

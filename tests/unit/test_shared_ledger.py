@@ -13,7 +13,17 @@ from rustorium.requests import ExecuteTransaction
 from rustorium.shared_ledger import PENDING_GRACE, SharedLedger
 from rustorium.storage import IDatabaseEngine, engine_from_url, run_blocking
 from rustorium.storage.keys import ApiKey
-from rustorium.storage.shared_ledger import POSTGRESQL, SQLITE
+from rustorium.storage.ledger import find_transaction
+from rustorium.storage.shared_ledger import (
+    ACCEPTED,
+    INSUFFICIENT,
+    POSTGRESQL,
+    SQLITE,
+    Transfer,
+    accept_transfers,
+    read_balance,
+    write_next_block,
+)
 from tests.helpers import ALICE, BOB, MTK, STK, demo_catalog
 
 CAROL = "0x" + "c" * 40
@@ -173,6 +183,32 @@ def test_a_block_confirms_settled_transfers_in_order(ledger, engine, clock, anno
     assert result(ledger.find(late.transaction_id)).status == "pending"
 
 
+def test_a_block_fails_a_transfer_its_confirmed_balance_does_not_cover(
+    ledger, engine, clock, announced
+):
+    """
+    The guard behind the reservations: a pending transfer that the sender's
+    confirmed balance no longer covers (here made so by hand) is settled
+    as failed, moving nothing, while the others of its block confirm.
+    """
+    key = alice_key(engine)
+    covered = result(ledger.submit(key, transfer("1", sender=BOB)))
+    uncovered = result(ledger.submit(key, transfer("5")))
+    run_blocking(engine, lambda txn: txn.execute(
+        "UPDATE balances SET amount = '0' WHERE address = ? AND token_id = ?",
+        (ALICE, MTK.token_id)))
+    clock.advance(PENDING_GRACE + 0.01)
+    assert result(ledger.produce_block()) == 1
+    assert announced[-2:] == [(covered.transaction_id, "confirmed"),
+                              (uncovered.transaction_id, "failed")]
+    stored = result(ledger.find(uncovered.transaction_id))
+    assert (stored.status, stored.reason, stored.block_number) == (
+        "failed", "insufficient confirmed balance", 1)
+    assert result(ledger.find(covered.transaction_id)).status == "confirmed"
+    assert result(ledger.balance(ALICE, MTK.token_id)) == (0, 0)
+    assert result(ledger.balance(CAROL, MTK.token_id)) == (ONE, ONE)
+
+
 def test_no_second_block_within_half_an_interval(engine, clock, announced):
     """
     A node that still believes it writes the blocks cannot write one right
@@ -251,3 +287,58 @@ def test_a_failed_commit_answers_internal_error(engine, clock, logged_errors):
     assert error.code == "internal_error"
     assert [e["log_failure"].type for e in logged_errors] == [OSError]
     logged_errors.clear()
+
+
+def test_one_batch_of_several_senders_tokens_and_keys(engine):
+    """
+    One commit's batch mixing senders, tokens, an address without a
+    balance and idempotency keys of any text (PostgreSQL takes it in
+    array statements, SQLite row by row; a repeated key never shares a
+    batch with its first use, L{SharedLedger} holds it back): each
+    transfer gets the outcome it would alone, in order, and the block that
+    confirms them moves the balances, creating the new recipients' rows.
+    """
+    key_id = alice_key(engine).key_id
+    odd = 'a,b "c" {d} \\e\'f'
+    batch = [
+        Transfer("0x" + "1" * 64, ALICE, CAROL, MTK.token_id, 5 * ONE, key_id, odd, 1.0),
+        Transfer("0x" + "2" * 64, BOB, ALICE, MTK.token_id, 7 * ONE, key_id, None,
+                 1767225600.123456),
+        Transfer("0x" + "3" * 64, ALICE, BOB, STK.token_id, 3 * 10**8, key_id, "k2", 2.0),
+        Transfer("0x" + "4" * 64, CAROL, ALICE, MTK.token_id, 1, key_id, None, 2.5),
+        Transfer("0x" + "5" * 64, ALICE, CAROL, STK.token_id, 999_998 * 10**8, key_id, "k3",
+                 3.0),
+        Transfer("0x" + "6" * 64, BOB, CAROL, MTK.token_id, 400_000 * ONE, key_id, None, 3.5),
+    ]
+    outcomes = run_blocking(engine, accept_transfers, dialect(engine), batch, 0.0)
+    assert [o.kind for o in outcomes] == [ACCEPTED, ACCEPTED, ACCEPTED, INSUFFICIENT,
+                                          INSUFFICIENT, INSUFFICIENT]
+    rows = [o.row for o in outcomes[:3]]
+    assert [r.transaction_id for r in rows] == [t.transaction_id for t in batch[:3]]
+    assert rows[0].seq < rows[1].seq < rows[2].seq, "numbered in the batch's order"
+    assert (rows[0].idempotency_key, rows[0].submitted_at) == (odd, 1.0)
+    assert rows[2].amount == 3 * 10**8
+    stored = [run_blocking(engine, find_transaction, r.transaction_id) for r in rows]
+    assert stored == rows, "stored as given: keys, amounts and times exact"
+    assert outcomes[4].available == 999_997 * 10**8
+    assert outcomes[5].available == 399_993 * ONE
+    assert run_blocking(engine, read_balance, ALICE, MTK.token_id) == (
+        600_000 * ONE, 599_995 * ONE)
+    assert run_blocking(engine, read_balance, BOB, MTK.token_id) == (400_000 * ONE, 399_993 * ONE)
+    assert run_blocking(engine, read_balance, CAROL, MTK.token_id) == (0, 0)
+
+    block = run_blocking(engine, write_next_block, dialect(engine), 2e9, 2e9, 0.0, 100)
+    assert [(r.transaction_id, r.status, r.block_number) for r in block.rows] == [
+        (r.transaction_id, "confirmed", 1) for r in rows]
+    assert block.volume == {MTK.token_id: 12 * ONE, STK.token_id: 3 * 10**8}
+    assert run_blocking(engine, read_balance, ALICE, MTK.token_id) == (
+        600_002 * ONE, 600_002 * ONE)
+    assert run_blocking(engine, read_balance, BOB, MTK.token_id) == (399_993 * ONE, 399_993 * ONE)
+    assert run_blocking(engine, read_balance, CAROL, MTK.token_id) == (5 * ONE, 5 * ONE)
+    assert run_blocking(engine, read_balance, BOB, STK.token_id) == (
+        20_000_003 * 10**8, 20_000_003 * 10**8)
+    assert run_blocking(engine, read_balance, ALICE, STK.token_id) == (
+        999_997 * 10**8, 999_997 * 10**8)
+    key_free = run_blocking(engine, accept_transfers, dialect(engine), [
+        Transfer("0x" + "7" * 64, ALICE, CAROL, STK.token_id, 1, key_id, "k3", 2e9)], 0.0)
+    assert key_free[0].kind == ACCEPTED, "the refused transfer left its key unused"

@@ -344,7 +344,7 @@ def test_upgrade_from_first_schema(sqlite_engine):
     assert [t.symbol for t in prepared.tokens] == ["T"]
     assert prepared.ledger.balances == {("0x" + "2" * 40, "0x" + "1" * 40): 1000}
     connection = engine.connect()
-    assert current_version(engine, connection.cursor()) == LATEST_VERSION == 4
+    assert current_version(engine, connection.cursor()) == LATEST_VERSION == 5
     assert connection.execute("SELECT COUNT(*) FROM transactions").fetchone() == (0,)
     assert connection.execute("SELECT amount, pending_out FROM balances").fetchall() == [
         ("1000", "0")

@@ -17,6 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+from rustorium.feed import REPLAY_CHUNK
 from rustorium.websocket import RustoriumServerFactory, prepare_frame, prepare_heartbeat
 from tests.helpers import KEY, make_server, publish
 
@@ -218,6 +219,37 @@ def test_updates_are_text_frames(clock):
     [(opcode, payload)] = peer.received()
     assert opcode == 1
     assert orjson.loads(payload)["data"]["symbol"] == "MTK/USD"
+
+
+def test_a_reconnects_replay_leaves_in_one_write_per_chunk(clock):
+    """
+    A client that resumes gets its reconnect_confirmation and the updates
+    it missed in one write per chunk of the replay (one system call, not
+    one per update): a storm of thousands of clients resuming at once
+    replays dozens of updates to each.
+    """
+    first = Peer(clock)
+    first.open()
+    first.send({"type": "subscribe", "data": {"channel": "market_data", "symbols": ["MTK/USD"]}})
+    subscription = first.messages()[0]["data"]["subscription_id"]
+    last = publish(first.server, "market_data", "market_data:MTK/USD", {"price": "1"})
+    first.protocol.connectionLost(Failure(ConnectionDone()))
+    missed = [publish(first.server, "market_data", "market_data:MTK/USD", {"price": str(i)})
+              for i in range(REPLAY_CHUNK + 40)]
+    second = Peer(clock)
+    second.server, second.factory = first.server, first.factory
+    second.protocol = first.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+    second.transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+    second.protocol.makeConnection(second.transport)
+    assert status(second.open()) == 101
+    writes = second.transport.writes
+    second.send({"type": "reconnect", "data": {
+        "last_message_id": f"msg_{last.number}", "subscriptions": [subscription]}})
+    messages = second.messages()
+    assert second.transport.writes == writes + 2, "the confirmation and two chunks"
+    assert messages[0]["type"] == "reconnect_confirmation"
+    assert messages[0]["data"]["replayed"] == len(missed)
+    assert [m["id"] for m in messages[1:]] == [f"msg_{u.number}" for u in missed]
 
 
 def test_binary_frame_gets_error(clock):
