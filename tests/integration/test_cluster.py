@@ -207,7 +207,9 @@ def test_concurrent_transfers_through_two_nodes_never_overspend(cluster):
     Hundreds of transfers from one address, through both nodes from
     several connections at once, accept no more than the balance; every
     acknowledged one is confirmed exactly once and supply is conserved,
-    also when the node writing blocks is killed mid-burst.
+    also when the node writing blocks is killed mid-burst (a transfer it
+    stored but never answered is answered when sent again, with its
+    idempotency key, to the other node).
     """
     a = cluster.start("node-a")
     time.sleep(1.0)
@@ -216,17 +218,26 @@ def test_concurrent_transfers_through_two_nodes_never_overspend(cluster):
     # RST: Alice holds 250,000,000 (6 decimals); 400 transfers of 1,000,000
     # each can be covered at most 250 times.
     results: list[dict] = []
+    # Sent when the node died, unanswered: the node may have stored it.
+    unanswered: list[str] = []
     lock = threading.Lock()
 
     def burst(url: str, prefix: str) -> None:
+        sending = None
         try:
             with connect(url, key) as client:
                 for n in range(100):
-                    reply = transfer(client, f"{prefix}{n}", "1000000", token=RST)
+                    sending = f"{prefix}{n}"
+                    reply = transfer(client, sending, "1000000", token=RST,
+                                     idempotency_key=sending)
+                    sending = None
                     with lock:
                         results.append(reply)
         except (ConnectionClosed, OSError, TimeoutError):
-            pass  # its node was killed: what it had acknowledged is in results
+            # Its node was killed: what it had acknowledged is in results.
+            if sending is not None:
+                with lock:
+                    unanswered.append(sending)
 
     threads = [threading.Thread(target=burst, args=(node.url, f"{name}-{i}-"))
                for name, node in (("a", a), ("b", b)) for i in range(2)]
@@ -238,8 +249,15 @@ def test_concurrent_transfers_through_two_nodes_never_overspend(cluster):
     for thread in threads:
         thread.join(60)
     survivor = b
+    # A client whose request went unanswered sends it again, with the same
+    # idempotency key, to the node that is left: it gets the transaction
+    # the dead node stored, if it stored one, and no second one.
+    with connect(survivor.url, key) as client:
+        for sent in unanswered:
+            results.append(transfer(client, sent, "1000000", token=RST, idempotency_key=sent))
     accepted = [r["data"]["transaction_id"] for r in results
                 if r["type"] == "transaction_response"]
+    assert len(set(accepted)) == len(accepted)
     refused = [r["data"]["code"] for r in results if r["type"] == "error"]
     assert len(accepted) <= 250
     assert set(refused) <= {"insufficient_funds", "internal_error"}
