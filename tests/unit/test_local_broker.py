@@ -226,10 +226,36 @@ def test_fan_out_delivers_a_batch_in_one_write_per_subscriber(broker):
     assert (one.delivered, two.delivered) == ([1], [1])
     broker.publish([price(value="2"), price("market_data:B", "3"), price("market_data:C")])
     assert (one.queued, one.flushes) == ([2, 3], 1)
-    assert (two.delivered, two.queued, two.flushes) == ([1], [2], 1)
+    # A subscriber of one key gets one update of a batch at most: at once.
+    assert (two.delivered, two.queued, two.flushes) == ([1, 2], [], 0)
     fanout.unsubscribe("market_data:A", two)
     assert fanout.subscriber_count("market_data:A") == 1
     assert fanout.deliveries["market_data"] == 5
+
+
+def test_a_subscriber_joins_the_batch_path_with_its_second_key(broker):
+    """
+    A subscriber delivered at once while it follows one key queues and
+    flushes once it follows two (it may then get two updates of one
+    batch), and is delivered at once again when back to one.
+    """
+    fanout = Fanout()
+    broker.on_updates = fanout.deliver
+    sink, other = Sink(), Sink()
+    fanout.subscribe("market_data:A", sink, sink)
+    fanout.subscribe("market_data:C", other, other)
+    batch = [price(value="1"), price("market_data:B", "2"), price("market_data:C", "9")]
+    # Numbered 1, 2, 3 (A, B, C), then 4, 5, 6, then 7, 8, 9.
+    broker.publish(batch)
+    assert (sink.delivered, sink.queued) == ([1], [])
+    fanout.subscribe("market_data:B", sink, sink)
+    broker.publish(batch)
+    assert (sink.delivered, sink.queued, sink.flushes) == ([1], [4, 5], 1)
+    fanout.unsubscribe("market_data:A", sink)
+    broker.publish(batch)
+    assert (sink.delivered, sink.queued, sink.flushes) == ([1, 8], [4, 5], 1)
+    # The other key's subscriber was delivered at once throughout.
+    assert (other.delivered, other.queued) == ([3, 6, 9], [])
 
 
 def test_an_event_of_several_keys_in_a_batch_keeps_its_place(broker):
