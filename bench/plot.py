@@ -35,7 +35,12 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 SERVER_ORDER = ("rustorium", "rustorium-redis", "node-ws", "reference")
 COLOURS = {"rustorium": "tab:blue", "rustorium-redis": "tab:cyan", "node-ws": "tab:green",
-           "reference": "tab:gray"}
+           "reference": "tab:gray", "rustorium-w2": "tab:orange"}
+
+
+def colour(server: str) -> str | None:
+    """A server's colour; an earlier commit's server (``--baseline``) in purple."""
+    return "tab:purple" if server.startswith("rustorium@") else COLOURS.get(server)
 PERCENTILES = (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("p999_ms", "p99.9"),
                ("max_ms", "max"))
 
@@ -78,7 +83,7 @@ def plot_cpu(plt, rows: list[dict], out: Path) -> Path | None:
         for server in servers_of(data[scen]):
             points = sorted((n, v) for (s, n), v in data[scen].items() if s == server)
             ax.plot([p[0] for p in points], [p[1] for p in points], style,
-                    color=COLOURS.get(server), label=f"{server}: {label}")
+                    color=colour(server), label=f"{server}: {label}")
     ax.set_xscale("log")
     ax.set_xlabel("connections N")
     ax.set_ylabel("server CPU per delivery (µs)")
@@ -109,7 +114,7 @@ def plot_latency(plt, rows: list[dict], out: Path) -> Path | None:
         for i, server in enumerate(servers):
             values = [per[key].get((server, n), 0.0) for key, _ in PERCENTILES]
             xs = [j + (i - (len(servers) - 1) / 2) * width for j in range(len(PERCENTILES))]
-            ax.bar(xs, values, width, color=COLOURS.get(server), label=server)
+            ax.bar(xs, values, width, color=colour(server), label=server)
         ax.set_xticks(range(len(PERCENTILES)), [label for _, label in PERCENTILES])
         ax.set_ylabel("publish to receive (ms)")
         ax.set_title(title, fontsize=10)
