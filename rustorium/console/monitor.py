@@ -176,9 +176,12 @@ class Monitor(Service):
         self._taps: dict[str, set[EventStream]] = {}
         self._market_keys = [channel_key(MARKET_DATA, symbol)
                              for symbol in self._app.catalog.markets]
+        self._symbols = dict(zip(self._market_keys, self._app.catalog.markets, strict=True))
         self.streams: set[EventStream] = set()
         self.history: deque[list[float]] = deque(maxlen=HISTORY)
-        self.prices: dict[str, deque[tuple[float, dict]]] = {
+        # Each market's recent prices: the update itself until someone reads
+        # it (the console is closed most of the time), then its data.
+        self.prices: dict[str, deque[tuple[float, dict | Update]]] = {
             symbol: deque(maxlen=int(HISTORY * SAMPLE_INTERVAL / PRICE_STEP))
             for symbol in self._app.catalog.markets
         }
@@ -254,7 +257,7 @@ class Monitor(Service):
                 {"symbol": symbol,
                  "points": [[t, data["price"]] for t, data in kept],
                  "last": kept[-1][1] if kept else None}
-                for symbol, kept in self.prices.items()
+                for symbol, kept in ((symbol, _read(kept)) for symbol, kept in self.prices.items())
             ]})
         if stream.addresses:
             listening.addCallback(
@@ -309,14 +312,22 @@ class Monitor(Service):
         An update of a tapped key: parsed once, handed to each stream that
         taps it (or, for a transfer's event, any of its keys).
         """
+        symbol = self._symbols.get(update.key)
+        if symbol is not None:
+            # A price: every tick brings one per market, so it is parsed
+            # only if a console shows the markets now or later.
+            self._taken[MARKET_DATA] += 1
+            watching = [stream for stream in self.streams if MARKETS in stream.topics]
+            if not watching:
+                self._keep_price(symbol, update, update.published_at)
+                return
+            data = orjson.loads(update.payload)["data"]
+            self._keep_price(symbol, data, update.published_at)
+            for stream in watching:
+                stream.price(data)
+            return
         data = orjson.loads(update.payload)["data"]
         self._taken[data.get("channel")] += 1
-        if data.get("channel") == MARKET_DATA:
-            self._keep_price(data, update.published_at)
-            for stream in self.streams:
-                if MARKETS in stream.topics:
-                    stream.price(data)
-            return
         streams = set(self._taps.get(update.key, ()))
         for key in update.also:
             streams.update(self._taps.get(key, ()))
@@ -324,8 +335,8 @@ class Monitor(Service):
         for stream in streams:
             stream.send_raw(encoded)
 
-    def _keep_price(self, data: dict, published_at: float) -> None:
-        kept = self.prices.get(str(data.get("symbol")))
+    def _keep_price(self, symbol: str, data: dict | Update, published_at: float) -> None:
+        kept = self.prices.get(symbol)
         if kept is None:
             return
         if kept and published_at - kept[-1][0] < PRICE_STEP:
@@ -428,3 +439,14 @@ def describe_messages(counters: Any, fanout: Any) -> Callable[[], dict[str, int]
         }
 
     return totals
+
+
+def _read(kept: deque) -> deque:
+    """
+    C{kept} with every update it holds replaced by its data (parsed once,
+    when first read).
+    """
+    for i, (published_at, item) in enumerate(kept):
+        if isinstance(item, Update):
+            kept[i] = (published_at, orjson.loads(item.payload)["data"])
+    return kept

@@ -26,6 +26,7 @@ from rustorium.console import Console, Monitor, SessionStore
 from rustorium.console.monitor import Rates, describe_messages, overview
 from rustorium.console.security import set_session_cookie
 from rustorium.console.sessions import COOKIE
+from rustorium.hub import Update
 from rustorium.storage.keys import ApiKey
 from tests.helpers import ALICE, BOB, KEY, MTK, make_server, open_session, send
 
@@ -516,6 +517,8 @@ class TestEvents:
         """
         publish_price(rig, "1.5")
         rig.clock.advance(1)
+        # While no console shows the markets, a price is kept unparsed.
+        assert isinstance(rig.monitor.prices["MTK/USD"][-1][1], Update)
         stream = signed_in.stream("topics=markets")
         markets = {m["symbol"]: m for m in dict(stream.events())["markets"]["markets"]}
         assert markets["MTK/USD"]["last"]["price"] == "1.5"
