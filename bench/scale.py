@@ -53,7 +53,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pgserver import PgServer, PgUnavailable
+from postgres import PostgresProcess
 from servers import (
     GEN_CPU,
     GEN_DIR,
@@ -303,12 +303,10 @@ class RustoriumWorkers(RustoriumServer):
         redis = RedisProcess(workdir, UNPINNED)
         _favour(redis.pid)
         try:
-            pg = PgServer()
-            self._database_url = pg.start()
+            # Unpinned, and enough connections for every worker's pool.
+            pg = PostgresProcess(settings={"max_connections": "300"})
+            self._database_url = pg.url
             _favour(pg.pid)  # the postmaster: its backends inherit the priority
-        except PgUnavailable as exc:
-            redis.stop()
-            raise SetupError(str(exc)) from exc
         except BaseException:
             redis.stop()
             raise

@@ -91,6 +91,7 @@ from .interface import (
 )
 from .redislink import (
     CommandProtocol,
+    GraceCall,
     RedisAddress,
     RedisLink,
     Script,
@@ -534,7 +535,7 @@ class RedisBroker:
             self.log.warn("Redis did not confirm a SUBSCRIBE in time; reconnecting")
             protocol.transport.abortConnection()
 
-        timer = self._reactor.callLater(self._reply_timeout, expired)
+        timer = GraceCall(self._reactor, self._reply_timeout, expired)
 
         def settled(result: Any) -> Any:
             if timer.active():

@@ -128,13 +128,64 @@ def evaluate(
     return d.addErrback(unknown)
 
 
+POLL_GRACE = 0.001
+"""Seconds a due reply timeout waits, so that the reactor polls for I/O once first."""
+
+
+class GraceCall:
+    """
+    A delayed call that, once due, waits one more reactor turn (one poll
+    for I/O) before it runs, and can be cancelled until then.
+
+    txredisapi times a reply out with a delayed call. On a node whose
+    reactor was busy for longer than the reply timeout (thousands of
+    handshakes on a starved core), the reply has long arrived and sits
+    unread in the socket when the timer is run, since a turn runs its due
+    timers before it polls for I/O; the timeout would then drop a healthy
+    link, and the node would close every connection (4103). Given one poll
+    first, the reply is read, its Deferred fires and cancels this call, and
+    only a reply that really did not come times out.
+    """
+
+    def __init__(self, reactor: Any, delay: float, f: Any, *args: Any, **kwargs: Any) -> None:
+        self._reactor = reactor
+        self._run = lambda: f(*args, **kwargs)
+        self._done = False
+        self._call = reactor.callLater(delay, self._due)
+
+    def _due(self) -> None:
+        # Not 0: a positive delay is never run in the turn that scheduled
+        # it, whatever the reactor (task.Clock runs a 0 at once), so the
+        # reactor polls for I/O first.
+        self._call = self._reactor.callLater(POLL_GRACE, self._fire)
+
+    def _fire(self) -> None:
+        self._done = True
+        self._run()
+
+    def active(self) -> bool:
+        return not self._done and self._call.active()
+
+    def cancel(self) -> None:
+        self._done = True
+        self._call.cancel()
+
+
 class CommandProtocol(txredisapi.RedisProtocol):
     """
     A connection for commands: replies are left as bytes (no decoding, no
-    guessing of numbers), and the link hears when it is lost.
+    guessing of numbers), and the link hears when it is lost. A reply's
+    timeout gives the reactor one poll for I/O first (L{GraceCall}).
     """
 
     link: "RedisLink"
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kwargs: Any) -> Any:
+        link = getattr(self, "link", None)
+        reactor = getattr(link, "_reactor", None) or _global_reactor()
+        if delay <= 0:
+            return reactor.callLater(delay, f, *args, **kwargs)
+        return GraceCall(reactor, delay, f, *args, **kwargs)
 
     def connectionLost(self, reason: Failure) -> None:
         self.link.lost(self, reason)
@@ -440,3 +491,9 @@ class RedisLink:
         except BrokerUnavailable:
             return fail()
         return evaluate(protocol, self.address, script, keys, args)
+
+
+def _global_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor

@@ -51,3 +51,41 @@ def test_commands_are_encoded_as_txredisapi_encodes_them():
     theirs = txredisapi.BaseRedisProtocol(charset=None)._build_command(*args)
     assert ours == theirs
     assert ours.startswith(b"*7\r\n$7\r\nEVALSHA\r\n$8\r\n\x00bytes\r\n\r\n")
+
+
+class TestGraceCall:
+    """
+    A reply's timeout, once due, waits for one poll of I/O: a reply that
+    came while the reactor was busy cancels it then.
+    """
+
+    def test_runs_one_turn_after_it_is_due(self):
+        from twisted.internet.task import Clock
+
+        from rustorium.broker.redislink import GraceCall
+
+        clock, ran = Clock(), []
+        call = GraceCall(clock, 5.0, ran.append, "timed out")
+        clock.advance(5.0)
+        # Due: not run yet, still cancellable (the reply may be in the socket).
+        assert ran == [] and call.active()
+        clock.advance(0.001)
+        assert ran == ["timed out"] and not call.active()
+
+    def test_a_reply_read_in_that_turn_cancels_it(self):
+        from twisted.internet.task import Clock
+
+        from rustorium.broker.redislink import GraceCall
+
+        clock, ran = Clock(), []
+        call = GraceCall(clock, 5.0, ran.append, "timed out")
+        clock.advance(5.0)
+        call.cancel()  # as the reply's Deferred does (txredisapi's cancel_timeout)
+        clock.advance(1)
+        assert ran == [] and not call.active()
+
+    def test_the_protocol_times_replies_out_with_it(self):
+        from rustorium.broker.redislink import CommandProtocol, GraceCall
+
+        protocol = CommandProtocol()
+        assert isinstance(protocol.callLater(5.0, lambda: None), GraceCall)
