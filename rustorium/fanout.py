@@ -99,7 +99,8 @@ class Fanout:
     def _split(self, key: str) -> tuple[tuple[Deliver, ...], tuple[ISink, ...]]:
         counts = self._key_counts
         direct, batched = [], []
-        for subscriber, sink in self._subscribers[key].items():
+        # The key may have lost its last subscriber during this batch.
+        for subscriber, sink in self._subscribers.get(key, {}).items():
             if counts[subscriber] == 1:
                 direct.append(sink.deliver)
             else:

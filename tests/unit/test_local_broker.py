@@ -275,3 +275,27 @@ def test_an_event_of_several_keys_in_a_batch_keeps_its_place(broker):
     broker.publish([price(value="1"), event, price(value="2")])
     assert sink.delivered == []
     assert sink.queued == [1, 2, 3] and sink.flushes == 1
+
+
+def test_a_key_left_without_subscribers_during_a_batch(broker):
+    """
+    A delivery that makes a subscriber leave (a connection closing) may
+    leave a later key of the same batch with nobody: the batch goes on.
+    """
+    fanout = Fanout()
+    broker.on_updates = fanout.deliver
+    both = Sink()
+    fanout.subscribe("market_data:A", both, both)
+    fanout.subscribe("market_data:B", both, both)
+
+    class Closer(Sink):
+        def deliver(self, update):
+            super().deliver(update)
+            fanout.unsubscribe("market_data:A", both)
+            fanout.unsubscribe("market_data:B", both)
+
+    closer = Closer()
+    fanout.subscribe("market_data:A", closer, closer)
+    broker.publish([price(value="1"), price("market_data:B", "2")])
+    assert closer.delivered == [1]
+    assert fanout.subscriber_count("market_data:B") == 0
