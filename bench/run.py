@@ -378,7 +378,7 @@ class Bench:
         Waits for the machine to be quiet first, and measures again (up to
         ``--retries`` times) when another process disturbed the measurement.
         ``kind`` starts the server instead of ``self.servers[name]`` (a
-        variant of it: on PostgreSQL, a cluster).
+        variant of it: on PostgreSQL, a cluster, --workers).
         """
         for attempt in range(1 + max(0, self.args.retries)):
             if self.args.quiet_wait > 0:
@@ -469,7 +469,7 @@ class Bench:
                         self.measure(scenario, name, p.reconnect_n, rep, 0.1,
                                      lambda s: reconnect(s, p.reconnect_n, p))
                 elif scenario in scale.SCENARIOS:
-                    scale.run(self, scenario, rep, wait_quiet)
+                    scale.run(self, scenario, rep)
 
 
 # -- report ------------------------------------------------------------------

@@ -63,7 +63,6 @@ from servers import (
     SetupError,
     log,
     pin,
-    wait_port,
 )
 
 SCENARIOS = ("manyconn", "machine100k", "workers")
@@ -274,6 +273,9 @@ class RustoriumWorkers(RustoriumServer):
     same services, the baseline of the ``workers`` scenario.
     """
 
+    # Workers are meant to use every core: not pinned to the server's.
+    pinned = False
+
     def __init__(self, base: RustoriumServer, workers: int) -> None:
         super().__init__(python=base.python, repo=base.repo)
         self.workers = workers
@@ -320,22 +322,6 @@ class RustoriumWorkers(RustoriumServer):
             # server has created its schema.
             raise SetupError("the database is not started yet")
         return super().create_key(self._database_url, address, workdir)
-
-    def _spawn(self, argv: list[str], workdir: Path, port: int, path: str,
-               info: dict | None = None, timeout: float = 60.0,
-               companions: list | None = None) -> Running:
-        log_path = workdir / "server.log"
-        with open(log_path, "wb") as logf:
-            proc = subprocess.Popen(argv, cwd=workdir, stdout=logf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
-        running = Running(self.name, proc, port, path, workdir, log_path, info or {},
-                          list(companions or []))
-        try:
-            wait_port(port, proc, timeout, log_path)
-        except BaseException:
-            running.stop()
-            raise
-        return running
 
 
 # -- several generators, one window -------------------------------------------
@@ -522,32 +508,6 @@ def _aux_pids(server: Running) -> list[int]:
     return [c.pid for c in server.companions if getattr(c, "pid", None)]
 
 
-def measure(bench, scenario: str, server_obj, name: str, n: int, rep: int, tick: float,
-            fn, wait_quiet, config: dict | None = None) -> None:
-    """
-    Start a fresh server, run one measurement, stop it, record the row
-    (as run.py's ``Bench.measure``, for servers it does not hold).
-    """
-    for attempt in range(1 + max(0, bench.args.retries)):
-        if bench.args.quiet_wait > 0:
-            wait_quiet(bench.args.quiet_wait)
-        server = None
-        try:
-            server = server_obj.start(tick, config=config)
-            fig = fn(server)
-        except (SetupError, subprocess.SubprocessError, OSError, KeyError, ValueError) as exc:
-            log(f"{scenario} {name} n={n}: FAILED: {exc}")
-            fig = {"failed": str(exc)[:2000]}
-        finally:
-            if server is not None:
-                server.stop()
-        fig["attempt"] = attempt + 1
-        if not fig.get("noisy"):
-            break
-        log(f"{scenario} {name} n={n}: disturbed by another process (attempt {attempt + 1})")
-    bench.record(scenario, name, n, rep, fig)
-
-
 # Connections each of machine100k's generators has in the making at once:
 # 100,000 connections opened as fast as possible on two cores keep every
 # worker's reactor so busy that its Redis replies wait past the broker's 5 s
@@ -559,7 +519,7 @@ MACHINE_CONC = 16
 SCALE_CONFIG = {"max-handshakes-per-address": 0, "max-connections-per-key": 0}
 
 
-def run(bench, scenario: str, rep: int, wait_quiet) -> None:
+def run(bench, scenario: str, rep: int) -> None:
     """Run one scale scenario for repetition ``rep`` (called by run.py's Bench.run)."""
     prof = profile(bench.args)
     if scenario == "manyconn":
@@ -573,12 +533,12 @@ def run(bench, scenario: str, rep: int, wait_quiet) -> None:
             servers.append((spread.name, spread))
         for n in prof.manyconn_ns or (fd_budget(),):
             for name, server_obj in servers:
-                measure(bench, scenario, server_obj, name, n, rep, 1.0,
+                bench.measure(scenario, name, n, rep, 1.0,
                         lambda s, n=n: measure_window(
                             s, n, tick=1.0, duration=prof.manyconn_duration,
                             warmup=prof.warmup, drain=prof.drain, per_gen=per_process(prof),
                             gen_cpu=GEN_CPU, setup_timeout=setup_timeout(n)),
-                        wait_quiet, config=SCALE_CONFIG)
+                        config=SCALE_CONFIG, kind=server_obj)
         return
     base = bench.servers.get("rustorium")
     if base is None:
@@ -596,26 +556,26 @@ def run(bench, scenario: str, rep: int, wait_quiet) -> None:
                           f"{avail // 1024} MiB available"})
             return
         server_obj = RustoriumWorkers(base, workers)
-        measure(bench, scenario, server_obj, server_obj.name, n, rep, 1.0,
+        bench.measure(scenario, server_obj.name, n, rep, 1.0,
                 lambda s: {**measure_window(
                     s, n, tick=1.0, duration=prof.machine_duration, warmup=prof.warmup,
                     drain=prof.drain, per_gen=per_process(prof), gen_cpu=None,
                     setup_timeout=setup_timeout(n), aux=_aux_pids(s), conc=MACHINE_CONC),
                     "workers": workers},
-                wait_quiet, config=SCALE_CONFIG)
+                config=SCALE_CONFIG, kind=server_obj)
         return
     if scenario == "workers":
         n = prof.workers_n
         for tick in prof.workers_ticks:
             for workers in (1, 2):
                 server_obj = RustoriumWorkers(base, workers)
-                measure(bench, f"workers:{tick:g}", server_obj, server_obj.name, n, rep, tick,
+                bench.measure(f"workers:{tick:g}", server_obj.name, n, rep, tick,
                         lambda s, tick=tick, workers=workers: {**measure_window(
                             s, n, tick=tick, duration=prof.workers_duration,
                             warmup=prof.warmup, drain=prof.drain, per_gen=per_process(prof),
                             gen_cpu=None, setup_timeout=setup_timeout(n), aux=_aux_pids(s)),
                             "workers": workers, "offered_per_s": n / tick},
-                        wait_quiet, config=SCALE_CONFIG)
+                        config=SCALE_CONFIG, kind=server_obj)
 
 
 def _mem_available_kib() -> int | None:

@@ -227,6 +227,8 @@ class Server:
     """A kind of server under test; ``prepare`` once, then ``start`` per measurement."""
 
     name = "?"
+    # Started on SERVER_CPU alone (the generator has the other core).
+    pinned = True
 
     def prepare(self) -> None:
         """Build or install what this server needs (idempotent)."""
@@ -247,7 +249,8 @@ class Server:
                companions: list | None = None) -> Running:
         log_path = workdir / "server.log"
         with open(log_path, "wb") as logf:
-            proc = subprocess.Popen(pin(SERVER_CPU) + argv, cwd=workdir, stdout=logf,
+            proc = subprocess.Popen((pin(SERVER_CPU) if self.pinned else []) + argv,
+                                    cwd=workdir, stdout=logf,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         running = Running(self.name, proc, port, path, workdir, log_path, info or {},
                           list(companions or []))
