@@ -130,12 +130,20 @@ def find_key(txn, key_hash: str) -> ApiKey | None:
     """
     Look a key up by its hash.
     """
-    txn.execute(
-        f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?",
-        (key_hash,),
-    )
-    row = txn.fetchone()
-    return None if row is None else _key(txn, row)
+    return find_keys(txn, [key_hash]).get(key_hash)
+
+
+def _select_in(txn, query: str, values: list) -> list:
+    """
+    The rows of C{query} (with C{{marks}} where its C{IN} list goes) for
+    every value, asked 500 at a time (SQLite's limit on parameters).
+    """
+    rows: list = []
+    for start in range(0, len(values), 500):
+        chunk = values[start:start + 500]
+        txn.execute(query.format(marks=", ".join("?" * len(chunk))), tuple(chunk))
+        rows += txn.fetchall()
+    return rows
 
 
 def find_keys(txn, key_hashes: list[str]) -> dict[str, ApiKey]:
@@ -143,26 +151,16 @@ def find_keys(txn, key_hashes: list[str]) -> dict[str, ApiKey]:
     Look several keys up by their hashes at once (the handshakes of one
     reactor turn): the keys found, by hash.
     """
-    rows: list = []
-    for start in range(0, len(key_hashes), 500):
-        chunk = key_hashes[start:start + 500]
-        marks = ", ".join("?" * len(chunk))
-        txn.execute(
-            f"SELECT key_hash, {_KEY_COLUMNS} FROM api_keys WHERE key_hash IN ({marks})",
-            tuple(chunk),
-        )
-        rows += txn.fetchall()
+    rows = _select_in(
+        txn, f"SELECT key_hash, {_KEY_COLUMNS} FROM api_keys WHERE key_hash IN ({{marks}})",
+        key_hashes,
+    )
     addresses: dict[int, set[str]] = {row[1]: set() for row in rows}
-    ids = list(addresses)
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        marks = ", ".join("?" * len(chunk))
-        txn.execute(
-            f"SELECT key_id, address FROM api_key_addresses WHERE key_id IN ({marks})",
-            tuple(chunk),
-        )
-        for key_id, address in txn.fetchall():
-            addresses[key_id].add(address)
+    for key_id, address in _select_in(
+        txn, "SELECT key_id, address FROM api_key_addresses WHERE key_id IN ({marks})",
+        list(addresses),
+    ):
+        addresses[key_id].add(address)
     return {
         key_hash: ApiKey(key_id, name, frozenset(addresses[key_id]), created_at, revoked_at,
                          parse_scopes(scopes))
